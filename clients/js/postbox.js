@@ -1,0 +1,955 @@
+/**
+ * postbox.js: the browser client of Postbox's real-time API. One ES module, no dependencies, no build.
+ *
+ *   import { PostboxClient } from './postbox.js';
+ *   const client = new PostboxClient({ token, onResync: () => reloadFromRestApi() });
+ *   client.on('message', (message, event) => showMessage(message));
+ *   client.start();
+ *   // on logout: await client.disconnect();
+ *
+ * What it does for you:
+ * - Long poll `GET /api/v1/communication/poll/events/?client_id=...&last_event_id=...`, again right after
+ *   every answer (the server holds the request up to ~5.5 s when there is nothing to say), or an
+ *   EventSource on `/api/v1/communication/sse/events/` with `transport: 'sse'`.
+ * - Cursor: every poll carries `last_event_id`, the id of the last event handed to your handlers, which
+ *   acknowledges it and everything before it. The cursor is kept in sessionStorage, so a reload resumes.
+ * - Dedupe: an event may be delivered again (same id); the client remembers the last 1000 ids and calls
+ *   your handlers once per id.
+ * - Gaps: a `resync` event (the server dropped events) calls `onResync(info)`: reload state from REST.
+ * - Errors: 401/403 stop the client (`unauthorized` / `error` events). Network errors and 5xx are retried
+ *   with exponential backoff and full jitter (500 ms doubling to 30 s, reset after a success); 429 and 503
+ *   wait at least `Retry-After`.
+ * - Tabs: with `shareAcrossTabs` (default when BroadcastChannel exists) the tabs of one origin and user
+ *   elect a leader (Web Locks, else a heartbeat over BroadcastChannel); only the leader talks to the
+ *   server and it forwards every event to the other tabs. When it closes, another tab takes over with the
+ *   same client id and cursor, so nothing is lost in between.
+ * - Unload: on `pagehide` the last tab tells the server the user went offline (`navigator.sendBeacon`).
+ *
+ * Everything that touches the outside world (fetch, timers, randomness, storage, EventSource,
+ * BroadcastChannel, Web Locks, sendBeacon, window) can be passed in the options; the unit tests in
+ * ./test run under plain `node --test` that way.
+ */
+
+const API = '/api/v1/communication';
+const EVENTS_PATH = `${API}/poll/events/`;
+const DISCONNECT_PATH = `${API}/poll/disconnect/`;
+const SSE_PATH = `${API}/sse/events/`;
+
+/** What the server accepts as a client id. */
+const CLIENT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Event types the server sends today; SSE listens to these plus every type you subscribe to. */
+const KNOWN_TYPES = ['message', 'typing', 'read_receipt', 'notification', 'presence', 'delivered', 'resync'];
+
+/** SSE bookkeeping records that are not events for your handlers. */
+const SSE_CONTROL_TYPES = new Set(['connected', 'heartbeat']);
+
+/** Types the client itself emits (not server events). */
+const CLIENT_TYPES = new Set(['error', 'unauthorized', '*']);
+
+const EVENTSOURCE_CLOSED = 2;
+
+const defaultTimers = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (id) => clearTimeout(id),
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Small pure helpers (exported for tests and for reuse)
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Delay before retry number `attempt` (0 for the first retry): exponential backoff with full jitter,
+ * a uniformly random value in [0, min(cap, base * factor^attempt)).
+ */
+export function backoffDelay(attempt, random = Math.random, { base = 500, factor = 2, cap = 30000 } = {}) {
+  const ceiling = Math.min(cap, base * factor ** Math.max(0, attempt));
+  return Math.floor(random() * ceiling);
+}
+
+/** `Retry-After` (seconds or an HTTP date) in milliseconds, or null when absent or unreadable. */
+export function parseRetryAfter(value, now = Date.now()) {
+  if (value == null || value === '') return null;
+  const text = String(value).trim();
+  if (/^\d+(\.\d+)?$/.test(text)) return Math.ceil(Number(text) * 1000);
+  const date = Date.parse(text);
+  return Number.isNaN(date) ? null : Math.max(0, date - now);
+}
+
+/** A new client id: `crypto.randomUUID()` when available, else 22 random letters and digits. */
+export function generateClientId(random = Math.random) {
+  const cryptoApi = globalThis.crypto;
+  if (cryptoApi && typeof cryptoApi.randomUUID === 'function') return cryptoApi.randomUUID();
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  let id = '';
+  for (let i = 0; i < 22; i += 1) id += alphabet[Math.floor(random() * alphabet.length)];
+  return id;
+}
+
+/**
+ * A bounded set of recently seen event ids: `add` answers false for an id already in it; beyond `limit`
+ * ids the oldest one is forgotten.
+ */
+export class RecentIds {
+  constructor(limit = 1000) {
+    this.limit = Math.max(1, limit);
+    this._ids = new Set();
+  }
+
+  has(id) {
+    return this._ids.has(id);
+  }
+
+  /** Remembers `id`; false when it was already known (a duplicate). */
+  add(id) {
+    if (this._ids.has(id)) return false;
+    this._ids.add(id);
+    if (this._ids.size > this.limit) this._ids.delete(this._ids.values().next().value);
+    return true;
+  }
+
+  get size() {
+    return this._ids.size;
+  }
+}
+
+/** Every failure the client reports: `code` is the server's `error` field or a client-side code. */
+export class PostboxError extends Error {
+  constructor(code, message, { status = 0, detail = message, retryAfter = null, fatal = false, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'PostboxError';
+    this.code = code;
+    this.status = status;
+    this.detail = detail;
+    this.retryAfter = retryAfter;
+    this.fatal = fatal;
+  }
+}
+
+/** A PostboxError from a non-2xx fetch Response (body `{"error","detail","status"}` when JSON). */
+async function errorFromResponse(res) {
+  let body = null;
+  try {
+    body = await res.json();
+  } catch {
+    // not JSON (a proxy's HTML page, for example)
+  }
+  const code = (body && typeof body.error === 'string' && body.error) || `http_${res.status}`;
+  const detail = (body && typeof body.detail === 'string' && body.detail) || res.statusText || `HTTP ${res.status}`;
+  const header = res.headers && typeof res.headers.get === 'function' ? res.headers.get('Retry-After') : null;
+  return new PostboxError(code, `Postbox answered ${res.status}: ${detail}`, {
+    status: res.status,
+    detail,
+    retryAfter: parseRetryAfter(header),
+    fatal: res.status === 401 || res.status === 403,
+  });
+}
+
+/** FNV-1a, to name the tab channel and lock after the user without putting the token in the name. */
+function shortHash(text) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i += 1) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(36);
+}
+
+/** sessionStorage, or null where it does not exist or throws (sandboxed iframes, some private modes). */
+function safeSessionStorage() {
+  try {
+    const storage = globalThis.sessionStorage;
+    return storage && typeof storage.getItem === 'function' ? storage : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Sleeps `ms`; resolves early when `signal` aborts (so stop() is immediate). */
+function defaultSleep(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal && signal.aborted) {
+      resolve();
+      return;
+    }
+    const done = () => {
+      clearTimeout(timer);
+      if (signal) signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    if (signal) signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** Calls console.error when it exists (the last resort for errors thrown by error handlers). */
+function logError(...args) {
+  if (typeof console !== 'undefined' && console.error) console.error(...args);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Leader election between the tabs of one origin
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Elects one leader among the tabs that run a TabCoordinator with the same `name`, and carries messages
+ * between them over a BroadcastChannel.
+ *
+ * - With Web Locks (`locks`, normally `navigator.locks`): the tab holding the lock `postbox-leader-<name>`
+ *   leads; the others wait in the lock's queue, and the browser hands the lock to the next one when the
+ *   leader stops or its tab closes (even when it crashes).
+ * - Without: the leader posts a heartbeat every `heartbeatMs`; a tab that hears none for
+ *   `leaderTimeoutMs` (or `electionMs` right after it starts, or at once when the leader resigns) claims
+ *   the lead; when two leaders hear each other, the smaller tab id keeps it.
+ *
+ * `onRoleChange(isLeader)` is called whenever this tab gains or loses the lead (not on stop()).
+ * `onMessage(body, fromTabId)` receives what other tabs `send()`.
+ */
+export class TabCoordinator {
+  constructor({
+    name,
+    BroadcastChannel: Channel,
+    locks = null,
+    timers = defaultTimers,
+    tabId = generateClientId(),
+    onRoleChange = () => {},
+    onMessage = () => {},
+    heartbeatMs = 1000,
+    leaderTimeoutMs = 3000,
+    electionMs = 200,
+  }) {
+    if (typeof Channel !== 'function') throw new TypeError('TabCoordinator needs a BroadcastChannel');
+    this.name = name;
+    this.tabId = tabId;
+    this._Channel = Channel;
+    this._locks = locks && typeof locks.request === 'function' ? locks : null;
+    this._timers = timers;
+    this._onRoleChange = onRoleChange;
+    this._onMessage = onMessage;
+    this._heartbeatMs = heartbeatMs;
+    this._leaderTimeoutMs = leaderTimeoutMs;
+    this._electionMs = electionMs;
+    this._started = false;
+    this._leader = false;
+    this._leaderId = null;
+    this._peers = new Set();
+    this._channel = null;
+    this._timer = null;
+    this._releaseLock = null;
+    this._lockAbort = null;
+  }
+
+  /** Whether this tab leads. */
+  get isLeader() {
+    return this._leader;
+  }
+
+  /** Other live tabs this one knows of (a tab that crashed may still count). */
+  get peerCount() {
+    return this._peers.size;
+  }
+
+  start() {
+    if (this._started) return;
+    this._started = true;
+    this._channel = new this._Channel(`postbox-${this.name}`);
+    this._channel.onmessage = (ev) => this._receive(ev && ev.data);
+    this._post('hello');
+    if (this._locks) this._requestLock();
+    else this._arm(this._electionMs);
+  }
+
+  /** Leaves the election; when this tab leads, another one takes over. */
+  stop() {
+    if (!this._started) return;
+    this._clearTimer();
+    if (this._leader) this._post('resign');
+    this._post('bye');
+    this._started = false;
+    this._leader = false;
+    this._leaderId = null;
+    if (this._releaseLock) {
+      this._releaseLock();
+      this._releaseLock = null;
+    }
+    if (this._lockAbort) {
+      this._lockAbort.abort();
+      this._lockAbort = null;
+    }
+    try {
+      this._channel.close();
+    } catch {
+      // already closed
+    }
+    this._channel = null;
+    this._peers.clear();
+  }
+
+  /** Sends `body` (structured-cloneable) to every other tab. */
+  send(body) {
+    this._post('app', body);
+  }
+
+  _post(type, body) {
+    if (!this._channel) return;
+    try {
+      this._channel.postMessage({ postbox: 1, from: this.tabId, type, body });
+    } catch (err) {
+      logError('postbox: cannot post to the other tabs', err);
+    }
+  }
+
+  _receive(msg) {
+    if (!this._started || !msg || msg.postbox !== 1 || msg.from === this.tabId) return;
+    if (msg.type === 'bye') {
+      this._peers.delete(msg.from);
+      return;
+    }
+    this._peers.add(msg.from);
+    switch (msg.type) {
+      case 'hello':
+        this._post('here');
+        if (this._leader && !this._locks) this._post('heartbeat');
+        break;
+      case 'heartbeat':
+        if (!this._locks) this._heard(msg.from);
+        break;
+      case 'resign':
+        if (!this._locks && !this._leader) this._claim();
+        break;
+      case 'app':
+        this._onMessage(msg.body, msg.from);
+        break;
+      default:
+        break;
+    }
+  }
+
+  // Web Locks election -------------------------------------------------------------------------------
+
+  _requestLock() {
+    const abort = new AbortController();
+    this._lockAbort = abort;
+    const granted = () => {
+      if (!this._started || abort.signal.aborted) return undefined;
+      this._lockAbort = null;
+      // Holding this promise holds the lock; stop() resolves it.
+      return new Promise((release) => {
+        this._releaseLock = release;
+        this._leader = true;
+        this._leaderId = this.tabId;
+        this._onRoleChange(true);
+      });
+    };
+    let request;
+    try {
+      request = this._locks.request(`postbox-leader-${this.name}`, { signal: abort.signal }, granted);
+    } catch (err) {
+      // A LockManager that refuses (opaque origins throw SecurityError): elect with heartbeats instead.
+      this._lockAbort = null;
+      this._locks = null;
+      this._arm(this._electionMs);
+      return;
+    }
+    Promise.resolve(request).catch(() => {}); // AbortError when stopped while waiting
+  }
+
+  // Heartbeat election -------------------------------------------------------------------------------
+
+  _heard(from) {
+    if (this._leader) {
+      if (from < this.tabId) this._stepDown(from); // two leaders: the smaller id keeps the lead
+      else this._post('heartbeat'); // make the other one step down
+      return;
+    }
+    this._leaderId = from;
+    this._arm(this._leaderTimeoutMs);
+  }
+
+  _claim() {
+    if (!this._started || this._leader) return;
+    this._clearTimer();
+    this._leader = true;
+    this._leaderId = this.tabId;
+    this._post('heartbeat');
+    this._scheduleHeartbeat();
+    this._onRoleChange(true);
+  }
+
+  _stepDown(leaderId) {
+    this._leader = false;
+    this._leaderId = leaderId;
+    this._arm(this._leaderTimeoutMs);
+    this._onRoleChange(false);
+  }
+
+  _scheduleHeartbeat() {
+    this._timer = this._timers.setTimeout(() => {
+      this._timer = null;
+      if (!this._started || !this._leader) return;
+      this._post('heartbeat');
+      this._scheduleHeartbeat();
+    }, this._heartbeatMs);
+  }
+
+  _arm(ms) {
+    this._clearTimer();
+    this._timer = this._timers.setTimeout(() => {
+      this._timer = null;
+      this._claim();
+    }, ms);
+  }
+
+  _clearTimer() {
+    if (this._timer !== null) this._timers.clearTimeout(this._timer);
+    this._timer = null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * The real-time client. See the top of this file and README.md; options and events are typed in
+ * postbox.d.ts.
+ */
+export class PostboxClient {
+  constructor(options = {}) {
+    const o = options;
+    if (!o.token || typeof o.token !== 'string') throw new TypeError('PostboxClient: `token` is required');
+    if (o.clientId != null && !CLIENT_ID_PATTERN.test(o.clientId)) {
+      throw new TypeError('PostboxClient: `clientId` must match /^[A-Za-z0-9_-]{1,64}$/');
+    }
+    this._token = o.token;
+    this._baseUrl = String(o.baseUrl ?? '').replace(/\/+$/, '');
+    this._onResync = typeof o.onResync === 'function' ? o.onResync : null;
+    this._onError = typeof o.onError === 'function' ? o.onError : null;
+    this._random = o.random ?? Math.random;
+    this._sleep = o.sleep ?? defaultSleep;
+    this._timers = o.timers ?? defaultTimers;
+    this._backoff = { base: 500, factor: 2, cap: 30000, ...(o.backoff || {}) };
+    this._requestTimeout = o.requestTimeout ?? 30000;
+
+    const fetchImpl = o.fetch ?? globalThis.fetch;
+    if (typeof fetchImpl !== 'function') throw new TypeError('PostboxClient: no fetch available; pass `fetch`');
+    this._fetch = (url, init) => fetchImpl.call(globalThis, url, init); // window.fetch needs its `this`
+
+    const EventSourceImpl = 'EventSource' in o ? o.EventSource : globalThis.EventSource;
+    this._EventSource = typeof EventSourceImpl === 'function' ? EventSourceImpl : null;
+    // SSE without an EventSource (old browsers, workers): fall back to long polling.
+    this._transport = o.transport === 'sse' && this._EventSource ? 'sse' : 'poll';
+
+    const Channel = 'BroadcastChannel' in o ? o.BroadcastChannel : globalThis.BroadcastChannel;
+    this._Channel = typeof Channel === 'function' ? Channel : null;
+    this._shared = (o.shareAcrossTabs ?? true) && this._Channel !== null;
+    const nav = globalThis.navigator;
+    this._locks = 'locks' in o ? o.locks : (nav && nav.locks) || null;
+    this._coordinatorOptions = o.coordinator || {};
+    this._userKey = o.userKey ?? shortHash(`${this._baseUrl}|${this._token}`);
+
+    if ('sendBeacon' in o) this._sendBeacon = o.sendBeacon;
+    else if (nav && typeof nav.sendBeacon === 'function') this._sendBeacon = (url) => nav.sendBeacon(url);
+    else this._sendBeacon = null;
+    this._window = 'window' in o ? o.window : globalThis.window ?? null;
+
+    this._storage = 'storage' in o ? o.storage : safeSessionStorage();
+    this._storageKey = `postbox:${this._userKey}`;
+    const saved = this._load();
+    const savedId = typeof saved.clientId === 'string' && CLIENT_ID_PATTERN.test(saved.clientId) ? saved.clientId : null;
+    this._clientId = o.clientId ?? savedId ?? generateClientId(this._random);
+    // The cursor belongs to the client id it was saved with.
+    this._lastEventId = savedId === this._clientId && typeof saved.lastEventId === 'string' ? saved.lastEventId : null;
+    this._save();
+
+    this._seen = new RecentIds(o.dedupeLimit ?? 1000);
+    this._handlers = new Map();
+    this._running = false;
+    this._transportActive = false;
+    this._generation = 0; // bumped whenever the transport stops, so stale loops and callbacks exit
+    this._abort = null;
+    this._attempt = 0;
+    this._eventSource = null;
+    this._sseListening = new Set();
+    this._coordinator = null;
+    this._resumeOnShow = false;
+    this._lifecycleAttached = false;
+    this._onPageHide = (ev) => this._pageHidden(ev);
+    this._onPageShow = (ev) => this._pageShown(ev);
+  }
+
+  /** The id this tab polls with (in shared mode, the leader's, adopted by every tab). */
+  get clientId() {
+    return this._clientId;
+  }
+
+  /** The id of the last event handed to handlers (sent as `last_event_id`), or null. */
+  get lastEventId() {
+    return this._lastEventId;
+  }
+
+  /** Whether start() was called and neither stop() nor a fatal error happened since. */
+  get running() {
+    return this._running;
+  }
+
+  /** Whether this tab holds the connection (always true while running when tabs are not shared). */
+  get isLeader() {
+    return this._transportActive;
+  }
+
+  /**
+   * Calls `handler(data, event)` for each event of `type` ('message', 'typing', ..., '*' for all), or
+   * `handler(error)` for 'error' and 'unauthorized'. Returns a function that unsubscribes.
+   */
+  on(type, handler) {
+    if (typeof handler !== 'function') throw new TypeError('PostboxClient.on: handler must be a function');
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(handler);
+    this._listenSse(type);
+    return () => this.off(type, handler);
+  }
+
+  off(type, handler) {
+    const set = this._handlers.get(type);
+    if (set) set.delete(handler);
+  }
+
+  /** Starts receiving events (idempotent). Returns the client. */
+  start() {
+    if (this._running) return this;
+    this._running = true;
+    this._attachLifecycle();
+    if (this._shared) this._startCoordinator();
+    else this._startTransport();
+    return this;
+  }
+
+  /** Stops receiving events: aborts the request in flight; another tab takes the lead. Idempotent. */
+  stop() {
+    this._halt();
+    this._detachLifecycle();
+    this._resumeOnShow = false;
+  }
+
+  /**
+   * stop(), then tells the server the user went offline (`POST poll/disconnect/`). Resolves to whether
+   * the server confirmed; never rejects.
+   */
+  async disconnect() {
+    this.stop();
+    try {
+      const res = await this._fetch(this._url(DISCONNECT_PATH), {
+        method: 'POST',
+        headers: this._headers(),
+        keepalive: true,
+      });
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }
+
+  // --- lifecycle -----------------------------------------------------------------------------------
+
+  _halt() {
+    const wasRunning = this._running;
+    this._running = false;
+    this._stopTransport();
+    if (this._coordinator) {
+      this._coordinator.stop();
+      this._coordinator = null;
+    }
+    return wasRunning;
+  }
+
+  _attachLifecycle() {
+    const w = this._window;
+    if (this._lifecycleAttached || !w || typeof w.addEventListener !== 'function') return;
+    // pagehide keeps the page eligible for the back/forward cache; beforeunload only where it is missing.
+    this._hideEvent = 'onpagehide' in w ? 'pagehide' : 'beforeunload';
+    w.addEventListener(this._hideEvent, this._onPageHide);
+    w.addEventListener('pageshow', this._onPageShow);
+    this._lifecycleAttached = true;
+  }
+
+  _detachLifecycle() {
+    if (!this._lifecycleAttached) return;
+    this._window.removeEventListener(this._hideEvent, this._onPageHide);
+    this._window.removeEventListener('pageshow', this._onPageShow);
+    this._lifecycleAttached = false;
+  }
+
+  _pageHidden(ev) {
+    if (!this._running) return;
+    // Only the last tab says "offline": the others keep the user online.
+    const lastTab = !this._shared || !this._coordinator || this._coordinator.peerCount === 0;
+    this._halt();
+    this._resumeOnShow = Boolean(ev && ev.persisted); // the page may come back from the bfcache
+    if (!this._resumeOnShow) this._detachLifecycle();
+    if (lastTab) this._beaconDisconnect();
+  }
+
+  _pageShown(ev) {
+    if (ev && ev.persisted && this._resumeOnShow) {
+      this._resumeOnShow = false;
+      this.start();
+    }
+  }
+
+  _beaconDisconnect() {
+    const url = `${this._url(DISCONNECT_PATH)}?token=${encodeURIComponent(this._token)}`;
+    try {
+      if (this._sendBeacon && this._sendBeacon(url)) return;
+    } catch {
+      // fall through to fetch
+    }
+    try {
+      const sent = this._fetch(this._url(DISCONNECT_PATH), { method: 'POST', headers: this._headers(), keepalive: true });
+      Promise.resolve(sent).catch(() => {});
+    } catch {
+      // the page is going away; nothing else to do
+    }
+  }
+
+  // --- shared connection ---------------------------------------------------------------------------
+
+  _startCoordinator() {
+    this._coordinator = new TabCoordinator({
+      heartbeatMs: 1000,
+      leaderTimeoutMs: 3000,
+      electionMs: 200,
+      ...this._coordinatorOptions,
+      name: this._userKey,
+      BroadcastChannel: this._Channel,
+      locks: this._locks,
+      timers: this._timers,
+      onRoleChange: (leader) => {
+        if (leader) {
+          this._startTransport();
+          this._sendState();
+        } else {
+          this._stopTransport();
+        }
+      },
+      onMessage: (msg) => this._tabMessage(msg),
+    });
+    this._coordinator.start();
+    if (!this._transportActive) this._coordinator.send({ type: 'sync' }); // ask the leader for its state
+  }
+
+  _sendState() {
+    if (this._coordinator) {
+      this._coordinator.send({ type: 'state', clientId: this._clientId, lastEventId: this._lastEventId });
+    }
+  }
+
+  _tabMessage(msg) {
+    if (!msg || typeof msg !== 'object' || !this._running) return;
+    if (msg.type === 'sync') {
+      if (this._transportActive) this._sendState();
+      return;
+    }
+    if (this._transportActive) return; // this tab leads: it has its own connection
+    switch (msg.type) {
+      case 'state':
+        this._adopt(msg.clientId, msg.lastEventId);
+        break;
+      case 'event':
+        this._adopt(msg.clientId, msg.lastEventId);
+        this._receive(msg.event, false);
+        break;
+      case 'fatal':
+        this._fail(new PostboxError(msg.code, msg.message, { status: msg.status, detail: msg.detail, fatal: true }), false);
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** A follower takes the leader's client id and cursor, to continue from them when it takes over. */
+  _adopt(clientId, lastEventId) {
+    if (typeof clientId === 'string' && CLIENT_ID_PATTERN.test(clientId)) this._clientId = clientId;
+    if (lastEventId !== undefined) this._lastEventId = lastEventId;
+    this._save();
+  }
+
+  // --- transports ----------------------------------------------------------------------------------
+
+  _startTransport() {
+    if (this._transportActive || !this._running) return;
+    this._transportActive = true;
+    this._generation += 1;
+    this._attempt = 0;
+    const generation = this._generation;
+    if (this._transport === 'sse') this._openEventSource(generation, false);
+    else this._pollLoop(generation).catch((err) => this._report(new PostboxError('internal_error', String(err), { cause: err })));
+  }
+
+  _stopTransport() {
+    this._transportActive = false;
+    this._generation += 1;
+    if (this._abort) {
+      this._abort.abort();
+      this._abort = null;
+    }
+    if (this._eventSource) {
+      this._eventSource.close();
+      this._eventSource = null;
+    }
+  }
+
+  async _pollLoop(generation) {
+    const live = () => this._generation === generation;
+    while (live()) {
+      const abort = new AbortController();
+      this._abort = abort;
+      let delay;
+      try {
+        const batch = await this._pollOnce(abort);
+        if (!live()) return; // stopped while the answer arrived: its events come again next time
+        this._attempt = 0;
+        for (const event of batch) {
+          if (!live()) break; // a handler stopped the client: the rest comes again next time
+          this._receive(event, true);
+        }
+        this._save();
+        continue; // poll again at once
+      } catch (err) {
+        if (!live()) return;
+        if (err.fatal) {
+          this._fail(err, true);
+          return;
+        }
+        this._report(err);
+        delay = Math.max(err.retryAfter ?? 0, this._nextBackoff());
+      }
+      await this._sleep(delay, abort.signal);
+    }
+  }
+
+  /** One long poll: resolves to its events, or rejects with a PostboxError. */
+  async _pollOnce(abort) {
+    let url = `${this._url(EVENTS_PATH)}?client_id=${encodeURIComponent(this._clientId)}`;
+    if (this._lastEventId) url += `&last_event_id=${encodeURIComponent(this._lastEventId)}`;
+    // A safety net for proxies that hold a request forever: the server answers within ~5.5 s.
+    let timedOut = false;
+    const timer = this._timers.setTimeout(() => {
+      timedOut = true;
+      abort.abort();
+    }, this._requestTimeout);
+    try {
+      let res;
+      try {
+        res = await this._fetch(url, {
+          method: 'GET',
+          headers: this._headers(),
+          signal: abort.signal,
+          cache: 'no-store',
+        });
+      } catch (err) {
+        const code = timedOut ? 'timeout' : 'network_error';
+        throw new PostboxError(code, `Postbox poll failed: ${err && err.message ? err.message : err}`, { cause: err });
+      }
+      if (!res.ok) throw await errorFromResponse(res);
+      let body;
+      try {
+        body = await res.json();
+      } catch (err) {
+        throw new PostboxError('bad_response', 'Postbox answered 200 with a body that is not JSON', { status: res.status, cause: err });
+      }
+      if (!body || !Array.isArray(body.events)) {
+        throw new PostboxError('bad_response', 'Postbox answered without an `events` array', { status: res.status });
+      }
+      return body.events;
+    } finally {
+      this._timers.clearTimeout(timer);
+    }
+  }
+
+  _openEventSource(generation, manual) {
+    let url = `${this._url(SSE_PATH)}?token=${encodeURIComponent(this._token)}&client_id=${encodeURIComponent(this._clientId)}`;
+    // The browser resends Last-Event-ID by itself on its own reconnects; a new EventSource needs it here.
+    if (manual && this._lastEventId) url += `&last_event_id=${encodeURIComponent(this._lastEventId)}`;
+    const es = new this._EventSource(url);
+    this._eventSource = es;
+    this._sseListening = new Set();
+    this._sseListener = (ev) => {
+      if (this._generation === generation) this._sseRecord(ev);
+    };
+    for (const type of [...KNOWN_TYPES, ...SSE_CONTROL_TYPES, ...this._handlers.keys()]) this._listenSse(type);
+    es.onopen = () => {
+      if (this._generation === generation) this._attempt = 0;
+    };
+    es.onerror = () => {
+      if (this._generation !== generation) return;
+      if (es.readyState === EVENTSOURCE_CLOSED) {
+        // The browser gave up (an error status, or a wrong content type): reconnect ourselves.
+        es.close();
+        this._eventSource = null;
+        this._reconnectEventSource(generation, url).catch((err) => this._report(new PostboxError('internal_error', String(err), { cause: err })));
+      } else {
+        this._report(new PostboxError('network_error', 'Postbox event stream interrupted; the browser reconnects'));
+      }
+    };
+  }
+
+  _listenSse(type) {
+    const es = this._eventSource;
+    if (!es || CLIENT_TYPES.has(type) || this._sseListening.has(type)) return;
+    this._sseListening.add(type);
+    es.addEventListener(type, this._sseListener);
+  }
+
+  _sseRecord(ev) {
+    if (SSE_CONTROL_TYPES.has(ev.type)) {
+      this._attempt = 0;
+      return;
+    }
+    let data = null;
+    if (ev.data !== undefined && ev.data !== '') {
+      try {
+        data = JSON.parse(ev.data);
+      } catch {
+        data = ev.data;
+      }
+    }
+    // SSE records carry no creation time: `timestamp` is null in this mode.
+    this._receive({ id: ev.lastEventId || null, event: ev.type, data, timestamp: null }, true);
+    this._save();
+  }
+
+  /** EventSource shows no status code: a plain request tells 401 and Retry-After from network errors. */
+  async _reconnectEventSource(generation, url) {
+    const abort = new AbortController();
+    this._abort = abort;
+    let error;
+    try {
+      const res = await this._fetch(url.replace(/([?&])token=[^&]*&?/, '$1'), {
+        method: 'GET',
+        headers: { ...this._headers(), Accept: 'text/event-stream' },
+        signal: abort.signal,
+        cache: 'no-store',
+      });
+      error = res.ok
+        ? new PostboxError('stream_closed', 'Postbox closed the event stream')
+        : await errorFromResponse(res);
+      abort.abort(); // an open stream stays open otherwise
+    } catch (err) {
+      error = new PostboxError('network_error', `Postbox event stream failed: ${err && err.message ? err.message : err}`, { cause: err });
+    }
+    if (this._generation !== generation) return;
+    if (error.fatal) {
+      this._fail(error, true);
+      return;
+    }
+    this._report(error);
+    const retry = new AbortController();
+    this._abort = retry;
+    await this._sleep(Math.max(error.retryAfter ?? 0, this._nextBackoff()), retry.signal);
+    if (this._generation === generation) this._openEventSource(generation, true);
+  }
+
+  _nextBackoff() {
+    const delay = backoffDelay(this._attempt, this._random, this._backoff);
+    this._attempt += 1;
+    return delay;
+  }
+
+  // --- events ----------------------------------------------------------------------------------------
+
+  /**
+   * One event from the server (`fromServer`) or from the leader tab: dispatched unless its id was seen,
+   * and its id becomes the cursor (a duplicate too: it was processed before).
+   */
+  _receive(event, fromServer) {
+    if (!event || typeof event !== 'object' || typeof event.event !== 'string') return;
+    const id = event.id == null || event.id === '' ? null : String(event.id);
+    const fresh = id === null || this._seen.add(id);
+    if (fresh) this._dispatch(event);
+    if (id !== null) this._lastEventId = id;
+    if (fromServer && this._shared && this._coordinator) {
+      this._coordinator.send({ type: 'event', event, clientId: this._clientId, lastEventId: this._lastEventId });
+    }
+  }
+
+  _dispatch(event) {
+    if (event.event === 'resync' && this._onResync) this._call(this._onResync, event.data, event);
+    for (const type of [event.event, '*']) {
+      const set = this._handlers.get(type);
+      if (!set) continue;
+      for (const handler of [...set]) this._call(handler, event.data, event);
+    }
+  }
+
+  _call(handler, data, event) {
+    try {
+      handler(data, event);
+    } catch (err) {
+      this._report(new PostboxError('handler_error', `A handler of '${event.event}' threw: ${err && err.message ? err.message : err}`, { cause: err }));
+    }
+  }
+
+  /** A fatal error (401, 403): stop, tell the other tabs, report. */
+  _fail(error, tellTabs) {
+    error.fatal = true;
+    if (tellTabs && this._coordinator) {
+      this._coordinator.send({ type: 'fatal', code: error.code, message: error.message, status: error.status, detail: error.detail });
+    }
+    this.stop();
+    if (error.status === 401 || error.code === 'unauthorized') this._emit('unauthorized', error);
+    this._report(error);
+  }
+
+  _report(error) {
+    if (this._onError) {
+      try {
+        this._onError(error);
+      } catch (err) {
+        logError('postbox: onError threw', err);
+      }
+    }
+    this._emit('error', error);
+  }
+
+  _emit(type, error) {
+    const set = this._handlers.get(type);
+    if (!set) return;
+    for (const handler of [...set]) {
+      try {
+        handler(error);
+      } catch (err) {
+        logError(`postbox: a '${type}' handler threw`, err);
+      }
+    }
+  }
+
+  // --- plumbing --------------------------------------------------------------------------------------
+
+  _url(path) {
+    return this._baseUrl + path;
+  }
+
+  _headers() {
+    return { Authorization: `Token ${this._token}`, Accept: 'application/json' };
+  }
+
+  _load() {
+    if (!this._storage) return {};
+    try {
+      const saved = JSON.parse(this._storage.getItem(this._storageKey) || '{}');
+      return saved && typeof saved === 'object' ? saved : {};
+    } catch {
+      return {};
+    }
+  }
+
+  _save() {
+    if (!this._storage) return;
+    try {
+      this._storage.setItem(this._storageKey, JSON.stringify({ clientId: this._clientId, lastEventId: this._lastEventId }));
+    } catch {
+      // quota or privacy mode: the cursor just does not survive a reload
+    }
+  }
+}

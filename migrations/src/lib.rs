@@ -1,0 +1,25 @@
+//! Database schema of Postbox, as sea-orm migrations that run unchanged on SQLite and PostgreSQL.
+//!
+//! Applied by `postbox migrate` and at the start of `postbox serve`. A migration, once released, is never
+//! edited: a schema change is a new file here.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_users_and_tokens;
+mod m20261124_000002_chat;
+mod m20261124_000003_presence_and_clients;
+mod m20261124_000004_gaps;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261124_000001_users_and_tokens::Migration),
+            Box::new(m20261124_000002_chat::Migration),
+            Box::new(m20261124_000003_presence_and_clients::Migration),
+            Box::new(m20261124_000004_gaps::Migration),
+        ]
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, against real services: starts (or installs) RabbitMQ and PostgreSQL, then runs
+# every test on the embedded SQLite database and the API tests again on PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh --postgres
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export POSTBOX_TEST_PG_URL="${POSTBOX_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+
+echo "== tests on SQLite"
+cargo test --all-targets
+echo "== API tests on PostgreSQL"
+POSTBOX_TEST_DATABASE=postgres cargo test --test api
+
+echo "== JavaScript client tests (node's test runner)"
+if ! command -v node >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs >/dev/null;
+  else sudo apt-get update -qq && sudo apt-get install -y -qq nodejs >/dev/null; fi
+fi
+(cd clients/js && node --test test/)

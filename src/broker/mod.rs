@@ -1,0 +1,489 @@
+//! Everything Postbox does with RabbitMQ: connections, channel pools, topology, publishing with
+//! confirms, and the consumers behind the long poll.
+//!
+//! - [`Broker`] owns one deadpool-lapin connection pool, a pool of confirm-mode publishing channels
+//!   ([`pool::ChannelManager`]), the per-process cache of declared postboxes, and the [`postbox::Hub`] of
+//!   consumers that long polls wait on.
+//! - Nothing here knows HTTP or SQL. Every broker wait has a deadline ([`Broker::timeout`]), and every
+//!   failure is a [`BrokerError`] the HTTP layer maps to 503 with a message naming what to do.
+
+pub mod check;
+pub mod pool;
+pub mod postbox;
+pub mod topology;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, ErrorKind,
+    options::BasicPublishOptions,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, redact_url},
+    telemetry::names,
+};
+pub use topology::{Postbox, Topology, user_routing_key};
+
+/// A broker failure, classified for the HTTP layer and for `check-rabbitmq`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached or the connection dropped.
+    #[error("RabbitMQ unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the credentials or the vhost.
+    #[error("RabbitMQ refused access: {0}")]
+    AccessRefused(String),
+    /// A broker operation took longer than the backend timeout.
+    #[error("RabbitMQ did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The queue or exchange does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An existing queue carries other arguments than the configured ones (PRECONDITION_FAILED).
+    #[error(
+        "queue {queue} exists with other arguments than Postbox's ({detail}); delete it with \
+         `rabbitmqctl delete_queue {queue}` (its events are lost) or set the matching POSTBOX_* limits"
+    )]
+    QueueArguments { queue: String, detail: String },
+    /// The broker refused to take responsibility for a message (basic.nack).
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    /// A message could not be routed to any postbox even after redeclaring it.
+    #[error("no postbox accepted the message for routing key {0}")]
+    Unroutable(String),
+    /// Any other protocol error.
+    #[error("RabbitMQ error on {what}: {detail}")]
+    Protocol { what: String, detail: String },
+}
+
+impl BrokerError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BrokerError::Unavailable(_) => "unavailable",
+            BrokerError::AccessRefused(_) => "access_refused",
+            BrokerError::Timeout(_) => "timeout",
+            BrokerError::NotFound(_) => "not_found",
+            BrokerError::QueueArguments { .. } => "queue_arguments",
+            BrokerError::Nacked => "nacked",
+            BrokerError::Unroutable(_) => "unroutable",
+            BrokerError::Protocol { .. } => "protocol",
+        }
+    }
+
+    /// Classifies a lapin error; `what` names the object involved (queue, exchange, operation).
+    pub fn classify(err: lapin::Error, what: &str) -> Self {
+        match err.kind() {
+            ErrorKind::ProtocolError(amqp) => match amqp.get_id() {
+                404 => BrokerError::NotFound(what.to_owned()),
+                406 => BrokerError::QueueArguments {
+                    queue: what.to_owned(),
+                    detail: amqp.get_message().to_string(),
+                },
+                403 | 530 => BrokerError::AccessRefused(amqp.get_message().to_string()),
+                320 | 541 => BrokerError::Unavailable(amqp.get_message().to_string()),
+                _ => BrokerError::Protocol {
+                    what: what.to_owned(),
+                    detail: amqp.to_string(),
+                },
+            },
+            ErrorKind::IOError(_)
+            | ErrorKind::RuntimeShutdownError(_)
+            | ErrorKind::MissingHeartbeatError
+            | ErrorKind::InvalidConnectionState(_)
+            | ErrorKind::InvalidChannelState(..)
+            | ErrorKind::InvalidChannel(_)
+            | ErrorKind::ChannelsLimitReached => BrokerError::Unavailable(err.to_string()),
+            _ => BrokerError::Protocol {
+                what: what.to_owned(),
+                detail: err.to_string(),
+            },
+        }
+    }
+}
+
+/// The process's handle on RabbitMQ. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topology: Topology,
+    connections: deadpool_lapin::Pool,
+    publishers: pool::ChannelPool,
+    /// Postboxes this process declared, with when: the hot path publishes without declaring. An entry
+    /// older than half of `x-expires` is declared again, which also keeps a postbox that receives events
+    /// from expiring while it may still hold live ones.
+    declared: Mutex<HashMap<i64, Instant>>,
+    redeclare_after: Duration,
+    timeout: Duration,
+    hub: postbox::Hub,
+    /// Set when an operation failed because RabbitMQ was unreachable; cleared by the next success.
+    unhealthy: std::sync::atomic::AtomicBool,
+}
+
+impl Broker {
+    /// Connects to RabbitMQ, declares the exchange and starts the consumer hub. Fails with an actionable
+    /// message when the broker is unreachable or refuses the credentials.
+    pub async fn connect(
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BrokerError> {
+        let timeout = config.backend_timeout();
+        let topology = Topology::from_config(config);
+        let connections = pool::connection_pool(&config.amqp_url, timeout)?;
+        let publishers = pool::channel_pool(connections.clone(), config.publish_channels, timeout)?;
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                hub: postbox::Hub::new(
+                    connections.clone(),
+                    u16::try_from(config.queue_max_length.min(u32::from(u16::MAX)))
+                        .unwrap_or(u16::MAX),
+                    config.consumer_linger(),
+                    timeout,
+                    shutdown,
+                ),
+                topology,
+                connections,
+                publishers,
+                declared: Mutex::new(HashMap::new()),
+                redeclare_after: Duration::from_secs(config.queue_expires_secs / 2),
+                timeout,
+                unhealthy: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        let url = redact_url(&config.amqp_url);
+        let channel = broker.disposable_channel().await.map_err(|e| match e {
+            BrokerError::Unavailable(m) => BrokerError::Unavailable(format!(
+                "cannot connect to RabbitMQ at {url} ({m}); start it (`rabbitmq-server -detached` or \
+                 `systemctl start rabbitmq-server`) or set AMQP_URL"
+            )),
+            BrokerError::Timeout(d) => BrokerError::Unavailable(format!(
+                "RabbitMQ at {url} did not answer within {d:?}; check that it is running and AMQP_URL"
+            )),
+            BrokerError::AccessRefused(m) => BrokerError::AccessRefused(format!(
+                "{m}; check the user, password and vhost in AMQP_URL ({url})"
+            )),
+            other => other,
+        })?;
+        broker
+            .with_timeout(topology::declare_exchange(&channel, broker.topology()))
+            .await?;
+        broker
+            .with_timeout(topology::declare_dead_letters(&channel, broker.topology()))
+            .await?;
+        close_quietly(channel).await;
+        broker.inner.hub.start(broker.clone());
+        Ok(broker)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    pub fn hub(&self) -> &postbox::Hub {
+        &self.inner.hub
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Runs a broker future under the backend timeout, and tracks whether RabbitMQ is reachable.
+    pub async fn with_timeout<T>(
+        &self,
+        fut: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let result = tokio::time::timeout(self.inner.timeout, fut)
+            .await
+            .unwrap_or(Err(BrokerError::Timeout(self.inner.timeout)));
+        let down = matches!(
+            result,
+            Err(BrokerError::Unavailable(_) | BrokerError::Timeout(_))
+        );
+        self.inner
+            .unhealthy
+            .store(down, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// Fails fast with [`BrokerError::Unavailable`] when RabbitMQ was unreachable at the last attempt
+    /// and still is, so callers refuse work they could not announce instead of accepting it blindly.
+    pub async fn ensure_available(&self) -> Result<(), BrokerError> {
+        if self
+            .inner
+            .unhealthy
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.ping().await?;
+        }
+        Ok(())
+    }
+
+    /// A fresh channel for operations that may make the broker close it (declares, passive declares).
+    pub async fn disposable_channel(&self) -> Result<Channel, BrokerError> {
+        self.with_timeout(async {
+            let conn = self
+                .inner
+                .connections
+                .get()
+                .await
+                .map_err(pool::pool_error)?;
+            conn.create_channel()
+                .await
+                .map_err(|e| BrokerError::classify(e, "channel.open"))
+        })
+        .await
+    }
+
+    /// Declares a postbox (queue and binding) now, whatever the cache says, and returns the number of
+    /// events it holds. The default per-user postbox is then cached for the publishing path.
+    pub async fn declare_postbox(&self, postbox: &Postbox) -> Result<u32, BrokerError> {
+        let channel = self.disposable_channel().await?;
+        let result = self
+            .with_timeout(topology::declare_postbox(
+                &channel,
+                self.topology(),
+                postbox,
+            ))
+            .await;
+        close_quietly(channel).await;
+        let ready = result?;
+        if postbox.client_id.is_none() {
+            self.inner
+                .declared
+                .lock()
+                .expect("declared-queue cache lock")
+                .insert(postbox.user_id, Instant::now());
+        }
+        Ok(ready)
+    }
+
+    /// Declares a user's default postbox now (and caches it).
+    pub async fn declare_user_queue(&self, user_id: i64) -> Result<(), BrokerError> {
+        self.declare_postbox(&Postbox::user(user_id))
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether a queue exists now (passive declare on a disposable channel).
+    pub async fn queue_exists(&self, queue: &str) -> Result<bool, BrokerError> {
+        let channel = self.disposable_channel().await?;
+        let found = self
+            .with_timeout(topology::passive_queue(&channel, queue))
+            .await;
+        close_quietly(channel).await;
+        Ok(found?.is_some())
+    }
+
+    /// Deletes a queue (a client postbox evicted by the per-user cap). A missing queue is fine.
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        let channel = self.disposable_channel().await?;
+        let result = self
+            .with_timeout(async {
+                channel
+                    .queue_delete(ShortString::from(queue.to_owned()), Default::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| BrokerError::classify(e, queue))
+            })
+            .await;
+        close_quietly(channel).await;
+        match result {
+            Err(BrokerError::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes sure the user's postbox exists, declaring it only when this process has not done so lately.
+    pub async fn ensure_user_queue(&self, user_id: i64) -> Result<(), BrokerError> {
+        let fresh = self
+            .inner
+            .declared
+            .lock()
+            .expect("declared-queue cache lock")
+            .get(&user_id)
+            .is_some_and(|at| at.elapsed() < self.inner.redeclare_after);
+        metrics::counter!(names::DECLARE_CACHE, "result" => if fresh { "hit" } else { "miss" })
+            .increment(1);
+        if fresh {
+            return Ok(());
+        }
+        self.declare_user_queue(user_id).await
+    }
+
+    /// Forgets that a postbox was declared (it expired or was deleted behind our back).
+    pub fn forget_user_queue(&self, user_id: i64) {
+        self.inner
+            .declared
+            .lock()
+            .expect("declared-queue cache lock")
+            .remove(&user_id);
+    }
+
+    /// Publishes one event to one user's postbox and waits for RabbitMQ's confirm.
+    ///
+    /// The publish is `mandatory`: if the postbox vanished while cached (expired, deleted by an
+    /// operator), RabbitMQ returns the message instead of dropping it; the postbox is then declared again
+    /// and the event published once more. `Ok` means the event is on disk in the postbox.
+    pub async fn publish_to_user(&self, user_id: i64, payload: &[u8]) -> Result<(), BrokerError> {
+        self.ensure_user_queue(user_id).await?;
+        let key = user_routing_key(user_id);
+        match self.publish(&key, payload).await {
+            Err(BrokerError::Unroutable(_)) => {
+                tracing::warn!(
+                    user_id,
+                    "postbox was missing though cached; declaring it again"
+                );
+                self.forget_user_queue(user_id);
+                self.declare_user_queue(user_id).await?;
+                self.publish(&key, payload).await
+            }
+            other => other,
+        }
+    }
+
+    /// Publishes a persistent, mandatory message to the exchange and waits for its confirm.
+    pub async fn publish(&self, routing_key: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        self.publish_with(routing_key, payload, message_properties())
+            .await
+    }
+
+    /// Publishes an ephemeral event (typing, delivery and presence notices) to a user: not persistent,
+    /// and expiring after `ttl` both in RabbitMQ (`expiration`) and in Postbox's own buffers
+    /// (`x-expires-at`), so a client that polls late never sees it. Unroutable is not an error here.
+    pub async fn publish_ephemeral(
+        &self,
+        user_id: i64,
+        payload: &[u8],
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.ensure_user_queue(user_id).await?;
+        let expires_at = chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
+        let mut headers = FieldTable::default();
+        headers.insert(EXPIRES_AT_HEADER.into(), AMQPValue::LongLongInt(expires_at));
+        let props = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_content_type(ShortString::from("application/json"))
+            .with_expiration(ShortString::from(ttl.as_millis().max(1).to_string()))
+            .with_headers(headers);
+        match self
+            .publish_with(&user_routing_key(user_id), payload, props)
+            .await
+        {
+            Err(BrokerError::Unroutable(_)) => {
+                self.forget_user_queue(user_id);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn publish_with(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let result = self
+            .publish_confirmed(routing_key, payload, properties)
+            .await;
+        match &result {
+            Ok(()) => metrics::counter!(names::EVENTS_PUBLISHED).increment(1),
+            Err(e) => {
+                metrics::counter!(names::PUBLISH_FAILURES, "reason" => e.reason()).increment(1)
+            }
+        }
+        result
+    }
+
+    async fn publish_confirmed(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        self.with_timeout(async {
+            let channel = self
+                .inner
+                .publishers
+                .get()
+                .await
+                .map_err(pool::pool_error)?;
+            let published = channel
+                .basic_publish(
+                    ShortString::from(self.topology().exchange()),
+                    ShortString::from(routing_key.to_owned()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    payload,
+                    properties,
+                )
+                .await;
+            let confirm = match published {
+                Ok(confirm) => confirm,
+                Err(e) => {
+                    pool::discard(channel);
+                    return Err(BrokerError::classify(e, "basic.publish"));
+                }
+            };
+            // The channel goes back to the pool now: other publishes pipeline on it while we wait.
+            drop(channel);
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
+                    Err(BrokerError::Unroutable(routing_key.to_owned()))
+                }
+                Ok(Confirmation::Nack(None)) => Err(BrokerError::Nacked),
+                Ok(Confirmation::NotRequested) => Err(BrokerError::Protocol {
+                    what: "basic.publish".into(),
+                    detail: "publisher confirms are not enabled on the channel".into(),
+                }),
+                Err(e) => Err(BrokerError::classify(e, "publisher confirm")),
+            }
+        })
+        .await
+    }
+
+    /// Checks that RabbitMQ answers: a fresh channel opened and closed.
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        let channel = self.disposable_channel().await?;
+        close_quietly(channel).await;
+        Ok(())
+    }
+
+    /// Stops the consumers (their unacknowledged events go back to their postboxes) and closes the
+    /// connections.
+    pub async fn close(&self) {
+        self.inner.hub.close().await;
+        self.inner.publishers.close();
+        self.inner.connections.close();
+    }
+}
+
+/// Properties of every event message: persistent (survives a broker restart in a durable queue), JSON.
+/// Header carrying an ephemeral event's expiry (milliseconds since the Unix epoch).
+pub const EXPIRES_AT_HEADER: &str = "x-postbox-expires-at";
+
+fn message_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+}
+
+/// Closes a channel and ignores the outcome (the channel may already be closed by the broker).
+pub async fn close_quietly(channel: Channel) {
+    if channel.status().connected() {
+        let _ = channel.close(200, ShortString::from("OK")).await;
+    }
+}

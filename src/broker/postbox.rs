@@ -1,0 +1,679 @@
+//! The consumer hub: how a long poll waits for a postbox without a sleep loop and without losing events.
+//!
+//! - A poll asks the [`Hub`] for the postbox's [`Slot`]. The first poll of a postbox attaches one AMQP
+//!   consumer to it (manual acks, prefetch = the postbox length); RabbitMQ then **pushes** every event
+//!   into the slot's buffer and wakes the waiting poll at once.
+//! - A poll takes what is buffered as a [`Lease`]. The events stay **unacknowledged** in RabbitMQ until
+//!   the lease is acknowledged, which the HTTP layer does only after the response body was handed to the
+//!   connection. A lease dropped unacknowledged (client gone mid-poll, handler cancelled) puts its events
+//!   back at the front of the buffer for the next poll. If the process dies, RabbitMQ requeues every
+//!   unacknowledged event itself when the connection drops.
+//! - After its last poll a slot lingers for a short while (the next poll of a client comes right after
+//!   the previous answer), then the consumer is cancelled and buffered events are requeued (`nack`).
+//!
+//! Consumers share a few channels (each hosts up to [`CONSUMERS_PER_CHANNEL`]); acks are per delivery
+//! tag, never `multiple`, so consumers on a channel never acknowledge each other's events. Declares, which
+//! the broker may answer by closing the channel, never run on these channels.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerError, EXPIRES_AT_HEADER, Postbox, pool::pool_error};
+
+/// How long a poll waits for the events a postbox held when its consumer attached, to answer them in
+/// one batch.
+const BACKLOG_WAIT: Duration = Duration::from_millis(50);
+
+/// Consumers hosted by one AMQP channel before another channel is opened.
+pub const CONSUMERS_PER_CHANNEL: usize = 256;
+
+/// The per-process registry of postbox consumers. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    connections: deadpool_lapin::Pool,
+    prefetch: u16,
+    linger: Duration,
+    timeout: Duration,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    channels: tokio::sync::Mutex<Vec<ConsumerChannel>>,
+    broker: std::sync::OnceLock<std::sync::Weak<super::Inner>>,
+    shutdown: CancellationToken,
+    next_tag: AtomicU64,
+    /// Queues with a gap recorded by this process since their last poll (see `crate::gaps`).
+    gap_flags: Mutex<std::collections::HashSet<String>>,
+}
+
+struct ConsumerChannel {
+    channel: Channel,
+    consumers: Arc<AtomicU64>,
+}
+
+/// One postbox consumer and the events it holds unacknowledged.
+pub struct Slot {
+    queue: String,
+    channel: Channel,
+    tag: String,
+    consumers_on_channel: Arc<AtomicU64>,
+    state: Mutex<SlotState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// Delivered by RabbitMQ, not yet leased to a poll, in postbox order.
+    buffer: VecDeque<Delivery>,
+    /// Handed to a cursor client and not yet acknowledged by its `last_event_id`, oldest first.
+    in_flight: VecDeque<Delivery>,
+    /// Polls waiting on this slot plus leases not yet settled: the slot is not reaped while non-zero.
+    users: usize,
+    last_used: Option<Instant>,
+    /// Events the postbox held when the consumer attached, and until when to wait for them to arrive.
+    backlog: Option<(usize, tokio::time::Instant)>,
+    /// No more events are buffered: the consumer ended or is being cancelled.
+    closed: bool,
+    /// The slot was counted out of its channel and its consumer cancelled (done once).
+    detached: bool,
+}
+
+impl Hub {
+    pub(super) fn new(
+        connections: deadpool_lapin::Pool,
+        prefetch: u16,
+        linger: Duration,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Hub {
+            inner: Arc::new(HubInner {
+                connections,
+                prefetch,
+                linger,
+                timeout,
+                slots: Mutex::new(HashMap::new()),
+                channels: tokio::sync::Mutex::new(Vec::new()),
+                broker: std::sync::OnceLock::new(),
+                shutdown,
+                next_tag: AtomicU64::new(1),
+                gap_flags: Mutex::new(Default::default()),
+            }),
+        }
+    }
+
+    /// Starts the reaper that cancels consumers whose postbox nobody polled for the linger time.
+    pub(super) fn start(&self, broker: Broker) {
+        let _ = self.inner.broker.set(Arc::downgrade(&broker.inner));
+        let hub = self.clone();
+        let period =
+            (self.inner.linger / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = hub.inner.shutdown.cancelled() => break,
+                    _ = tick.tick() => hub.reap(false),
+                }
+            }
+            tracing::debug!("postbox reaper stopped");
+        });
+    }
+
+    fn broker(&self) -> Option<Broker> {
+        self.inner
+            .broker
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map(|inner| Broker { inner })
+    }
+
+    /// Whether the service is shutting down (streams end, waits return at once).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Whether a consumer is attached to this queue in this process.
+    pub fn has_slot(&self, queue: &str) -> bool {
+        self.inner
+            .slots
+            .lock()
+            .expect("hub lock")
+            .contains_key(queue)
+    }
+
+    /// Notes that a gap was recorded for a queue, so its next poll looks it up.
+    pub fn flag_gap(&self, queue: &str) {
+        self.inner
+            .gap_flags
+            .lock()
+            .expect("hub lock")
+            .insert(queue.to_owned());
+    }
+
+    /// Takes the gap note of a queue.
+    pub fn take_gap_flag(&self, queue: &str) -> bool {
+        self.inner.gap_flags.lock().expect("hub lock").remove(queue)
+    }
+
+    /// Waits until the postbox holds events or `deadline` passes, and leases what it holds (at most
+    /// `max` events). An empty lease means the deadline passed. The postbox's queue is declared when its
+    /// consumer is first attached.
+    ///
+    /// `cursor` selects the acknowledgement mode. `None` (seed clients): the lease is acknowledged once
+    /// handed over. `Some(last_event_id)` (cursor clients): the lease is parked as in flight when handed
+    /// over; this call first acknowledges the in-flight events up to and including `last_event_id` and
+    /// hands the others out again (same ids), first. `Some(None)` acknowledges nothing: the client has
+    /// seen no event, so everything in flight comes again.
+    pub async fn wait(
+        &self,
+        postbox: &Postbox,
+        deadline: tokio::time::Instant,
+        max: usize,
+        cursor: Option<Option<&str>>,
+    ) -> Result<Lease, BrokerError> {
+        let broker = self
+            .broker()
+            .ok_or_else(|| BrokerError::Unavailable("broker is shutting down".into()))?;
+        let queue = broker.topology().queue(postbox);
+        let queue = queue.as_str();
+        let mut attempts = 0;
+        loop {
+            let slot = self.slot(&broker, queue, postbox).await?;
+            let _user = SlotUser::new(&slot);
+            if let Some(last) = cursor {
+                settle_cursor(&slot, last);
+            }
+            loop {
+                let notified = slot.notify.notified();
+                tokio::pin!(notified);
+                // Register for wake-ups before looking, so an event arriving in between is not missed.
+                notified.as_mut().enable();
+                let mut wake_at = deadline;
+                {
+                    let mut st = slot.state.lock().expect("slot lock");
+                    if st.closed {
+                        break;
+                    }
+                    // A consumer just attached to a postbox holding events: RabbitMQ pushes them one
+                    // by one, so wait (briefly) until the backlog is here, to answer with one batch.
+                    if let Some((backlog, until)) = st.backlog {
+                        let now = tokio::time::Instant::now();
+                        if st.buffer.len() < backlog && now < until {
+                            wake_at = until.min(deadline);
+                        } else {
+                            st.backlog = None;
+                        }
+                    }
+                }
+                if wake_at == deadline {
+                    let mut st = slot.state.lock().expect("slot lock");
+                    let (deliveries, expired) = take_live(&mut st.buffer, max.max(1));
+                    if !expired.is_empty() {
+                        ack_all(expired);
+                    }
+                    if !deliveries.is_empty() {
+                        st.users += 1;
+                        return Ok(Lease {
+                            slot: Some(slot.clone()),
+                            deliveries,
+                            cursor: cursor.is_some(),
+                        });
+                    }
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(wake_at), if wake_at < deadline => {}
+                    _ = tokio::time::sleep_until(deadline) => return Ok(Lease::empty()),
+                    _ = self.inner.shutdown.cancelled() => return Ok(Lease::empty()),
+                }
+            }
+            // The consumer went away (channel closed, queue deleted): attach a new one, a few times.
+            attempts += 1;
+            if attempts >= 3 {
+                return Err(BrokerError::Unavailable(format!(
+                    "consumer on {queue} keeps closing"
+                )));
+            }
+        }
+    }
+
+    /// Cancels the consumer of a postbox now, requeueing what it holds (client said it disconnected).
+    pub fn release(&self, queue: &str) {
+        let slot = self.inner.slots.lock().expect("hub lock").remove(queue);
+        if let Some(slot) = slot {
+            close_slot(slot);
+        }
+    }
+
+    /// Cancels every consumer (shutdown), requeueing what they hold, and closes their channels.
+    pub async fn close(&self) {
+        self.reap(true);
+        let channels = std::mem::take(&mut *self.inner.channels.lock().await);
+        for c in channels {
+            super::close_quietly(c.channel).await;
+        }
+    }
+
+    fn reap(&self, all: bool) {
+        let linger = self.inner.linger;
+        let expired: Vec<Arc<Slot>> = {
+            let mut slots = self.inner.slots.lock().expect("hub lock");
+            let keys: Vec<String> = slots
+                .iter()
+                .filter(|(_, s)| {
+                    let st = s.state.lock().expect("slot lock");
+                    all || st.closed
+                        || (st.users == 0 && st.last_used.is_none_or(|t| t.elapsed() >= linger))
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| slots.remove(k)).collect()
+        };
+        for slot in expired {
+            close_slot(slot);
+        }
+    }
+
+    async fn slot(
+        &self,
+        broker: &Broker,
+        queue: &str,
+        postbox: &Postbox,
+    ) -> Result<Arc<Slot>, BrokerError> {
+        if let Some(slot) = self.inner.slots.lock().expect("hub lock").get(queue)
+            && !slot.state.lock().expect("slot lock").closed
+        {
+            return Ok(slot.clone());
+        }
+        // Declare on a disposable channel first: it refreshes `x-expires`, recreates a deleted postbox,
+        // and a PRECONDITION_FAILED there cannot take the shared consumer channel down with it.
+        let ready = broker.declare_postbox(postbox).await?;
+        let created = tokio::time::timeout(self.inner.timeout, self.attach(queue, ready as usize))
+            .await
+            .unwrap_or(Err(BrokerError::Timeout(self.inner.timeout)))?;
+        let mut slots = self.inner.slots.lock().expect("hub lock");
+        match slots.get(queue) {
+            // Another poll attached a consumer meanwhile: keep one, cancel ours.
+            Some(existing) if !existing.state.lock().expect("slot lock").closed => {
+                let existing = existing.clone();
+                drop(slots);
+                close_slot(created);
+                Ok(existing)
+            }
+            _ => {
+                slots.insert(queue.to_owned(), created.clone());
+                Ok(created)
+            }
+        }
+    }
+
+    async fn attach(&self, queue: &str, ready: usize) -> Result<Arc<Slot>, BrokerError> {
+        let (channel, counter) = self.consumer_channel().await?;
+        let tag = format!(
+            "postbox-{}-{}",
+            std::process::id(),
+            self.inner.next_tag.fetch_add(1, Ordering::Relaxed)
+        );
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(queue.to_owned()),
+                ShortString::from(tag.clone()),
+                BasicConsumeOptions::default(), // manual acks, not exclusive
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BrokerError::classify(e, queue))?;
+        counter.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            queue: queue.to_owned(),
+            channel,
+            tag,
+            consumers_on_channel: counter,
+            state: Mutex::new(SlotState {
+                last_used: Some(Instant::now()),
+                backlog: (ready > 0).then(|| {
+                    (
+                        ready.min(usize::from(self.inner.prefetch)),
+                        tokio::time::Instant::now() + BACKLOG_WAIT,
+                    )
+                }),
+                ..Default::default()
+            }),
+            notify: Notify::new(),
+        });
+        tokio::spawn(pump(slot.clone(), consumer, self.clone()));
+        Ok(slot)
+    }
+
+    /// A shared consumer channel with room for one more consumer, opening one when needed.
+    async fn consumer_channel(&self) -> Result<(Channel, Arc<AtomicU64>), BrokerError> {
+        let mut channels = self.inner.channels.lock().await;
+        channels.retain(|c| c.channel.status().connected());
+        if let Some(c) = channels
+            .iter()
+            .find(|c| (c.consumers.load(Ordering::Relaxed) as usize) < CONSUMERS_PER_CHANNEL)
+        {
+            return Ok((c.channel.clone(), c.consumers.clone()));
+        }
+        let conn = self.inner.connections.get().await.map_err(pool_error)?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| BrokerError::classify(e, "channel.open"))?;
+        drop(conn);
+        // Per-consumer prefetch (global = false): each postbox may hand a poll a full batch.
+        channel
+            .basic_qos(self.inner.prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|e| BrokerError::classify(e, "basic.qos"))?;
+        let consumers = Arc::new(AtomicU64::new(0));
+        channels.push(ConsumerChannel {
+            channel: channel.clone(),
+            consumers: consumers.clone(),
+        });
+        Ok((channel, consumers))
+    }
+}
+
+/// Moves deliveries from the AMQP consumer into the slot's buffer and wakes its polls.
+async fn pump(slot: Arc<Slot>, mut consumer: lapin::Consumer, hub: Hub) {
+    while let Some(next) = consumer.next().await {
+        match next {
+            Ok(delivery) => {
+                let mut st = slot.state.lock().expect("slot lock");
+                if st.closed {
+                    drop(st);
+                    requeue(vec![delivery]);
+                } else {
+                    st.buffer.push_back(delivery);
+                    drop(st);
+                    slot.notify.notify_waiters();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %slot.queue, error = %e, "postbox consumer failed");
+                break;
+            }
+        }
+    }
+    // The consumer ended: cancelled by us, by the broker (queue deleted), or its channel closed. Whatever
+    // it still buffers goes back to RabbitMQ (a nack on a closed channel is a no-op: the broker already
+    // requeued those events when the channel closed).
+    let (leftovers, first) = {
+        let mut st = slot.state.lock().expect("slot lock");
+        st.closed = true;
+        let first = !std::mem::replace(&mut st.detached, true);
+        (take_unacked(&mut st), first)
+    };
+    requeue(leftovers.into());
+    slot.notify.notify_waiters();
+    if first {
+        slot.consumers_on_channel.fetch_sub(1, Ordering::Relaxed);
+    }
+    let mut slots = hub.inner.slots.lock().expect("hub lock");
+    if slots
+        .get(&slot.queue)
+        .is_some_and(|s| Arc::ptr_eq(s, &slot))
+    {
+        slots.remove(&slot.queue);
+    }
+}
+
+/// Marks a slot closed, cancels its consumer and requeues what it buffers.
+fn close_slot(slot: Arc<Slot>) {
+    let leftovers = {
+        let mut st = slot.state.lock().expect("slot lock");
+        if std::mem::replace(&mut st.detached, true) {
+            return;
+        }
+        st.closed = true;
+        take_unacked(&mut st)
+    };
+    slot.notify.notify_waiters();
+    slot.consumers_on_channel.fetch_sub(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        if slot.channel.status().connected() {
+            let _ = slot
+                .channel
+                .basic_cancel(
+                    ShortString::from(slot.tag.clone()),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+        }
+        requeue(leftovers.into());
+    });
+}
+
+/// Everything a slot holds unacknowledged, oldest first: in flight, then buffered.
+fn take_unacked(st: &mut SlotState) -> VecDeque<Delivery> {
+    let mut all = std::mem::take(&mut st.in_flight);
+    all.append(&mut st.buffer);
+    all
+}
+
+/// The event id of a delivery: the envelope is serialised with `id` first (`{"id":"<uuid>",...`), so it
+/// is read without parsing the whole body; other bodies fall back to a parse.
+pub fn event_id(d: &Delivery) -> Option<String> {
+    const PREFIX: &[u8] = b"{\"id\":\"";
+    if let Some(rest) = d.data.strip_prefix(PREFIX)
+        && let Some(end) = rest.iter().position(|&b| b == b'"')
+    {
+        return std::str::from_utf8(&rest[..end]).ok().map(str::to_owned);
+    }
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Id>(&d.data).ok().map(|e| e.id)
+}
+
+/// Applies a cursor client's `last_event_id` to what the slot holds in flight: acknowledges the events
+/// up to and including it, and puts the rest back at the front of the buffer to be handed out again.
+fn settle_cursor(slot: &Slot, last: Option<&str>) {
+    let mut st = slot.state.lock().expect("slot lock");
+    if st.in_flight.is_empty() {
+        return;
+    }
+    let confirmed = last.and_then(|last| {
+        st.in_flight
+            .iter()
+            .position(|d| event_id(d).as_deref() == Some(last))
+    });
+    if let Some(i) = confirmed {
+        let acked: Vec<Delivery> = st.in_flight.drain(..=i).collect();
+        ack_all(acked);
+    }
+    let again = std::mem::take(&mut st.in_flight);
+    for d in again.into_iter().rev() {
+        st.buffer.push_front(d);
+    }
+}
+
+/// Takes up to `max` live deliveries from the front of a buffer, and the expired ephemeral ones met on
+/// the way (RabbitMQ drops expired messages only at the head of a queue; these were already delivered to
+/// a lingering consumer before they expired).
+fn take_live(buffer: &mut VecDeque<Delivery>, max: usize) -> (Vec<Delivery>, Vec<Delivery>) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let (mut live, mut expired) = (Vec::new(), Vec::new());
+    while live.len() < max {
+        let Some(d) = buffer.pop_front() else { break };
+        if expires_at(&d).is_some_and(|t| t <= now_ms) {
+            expired.push(d);
+        } else {
+            live.push(d);
+        }
+    }
+    (live, expired)
+}
+
+fn expires_at(d: &Delivery) -> Option<i64> {
+    match d
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(EXPIRES_AT_HEADER)?
+    {
+        AMQPValue::LongLongInt(t) => Some(*t),
+        _ => None,
+    }
+}
+
+/// Acknowledges deliveries that must not be delivered (expired).
+fn ack_all(deliveries: Vec<Delivery>) {
+    tokio::spawn(async move {
+        for d in deliveries {
+            let _ = d.acker.ack(BasicAckOptions { multiple: false }).await;
+        }
+    });
+}
+
+/// Gives deliveries back to RabbitMQ, in order, for the next consumer of their postbox.
+fn requeue(deliveries: Vec<Delivery>) {
+    if deliveries.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for d in deliveries {
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await;
+        }
+    });
+}
+
+/// Counts a poll as using a slot while it waits, so the reaper leaves the slot alone.
+struct SlotUser {
+    slot: Arc<Slot>,
+}
+
+impl SlotUser {
+    fn new(slot: &Arc<Slot>) -> Self {
+        slot.state.lock().expect("slot lock").users += 1;
+        SlotUser { slot: slot.clone() }
+    }
+}
+
+impl Drop for SlotUser {
+    fn drop(&mut self) {
+        let mut st = self.slot.state.lock().expect("slot lock");
+        st.users -= 1;
+        st.last_used = Some(Instant::now());
+    }
+}
+
+/// Events handed to one poll, unacknowledged until [`Lease::ack`]. Dropping an unacknowledged lease puts
+/// its events back at the front of the postbox's buffer.
+pub struct Lease {
+    slot: Option<Arc<Slot>>,
+    deliveries: Vec<Delivery>,
+    /// Handed to a cursor client: parked in flight when sent, not acknowledged.
+    cursor: bool,
+}
+
+impl Lease {
+    fn empty() -> Self {
+        Lease {
+            slot: None,
+            deliveries: Vec::new(),
+            cursor: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    /// The events' bodies (each one a serialised [`crate::events::Event`]), in postbox order.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        self.deliveries.iter().map(|d| d.data.as_slice())
+    }
+
+    /// The response carrying the events was handed over: a seed client's events are acknowledged now,
+    /// a cursor client's are parked in flight until its next poll confirms them.
+    pub async fn handed_over(mut self) {
+        if !self.cursor {
+            return self.ack().await;
+        }
+        let deliveries = std::mem::take(&mut self.deliveries);
+        if let Some(slot) = &self.slot {
+            let mut st = slot.state.lock().expect("slot lock");
+            if st.closed {
+                drop(st);
+                requeue(deliveries);
+            } else {
+                st.in_flight.extend(deliveries);
+            }
+        }
+        self.settle();
+    }
+
+    /// Acknowledges the events: they leave the postbox for good.
+    pub async fn ack(mut self) {
+        let deliveries = std::mem::take(&mut self.deliveries);
+        let acks = deliveries
+            .iter()
+            .map(|d| d.acker.ack(BasicAckOptions { multiple: false }));
+        for result in futures_util::future::join_all(acks).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "ack failed; the event will be delivered again");
+            }
+        }
+        self.settle();
+    }
+
+    fn settle(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let mut st = slot.state.lock().expect("slot lock");
+            st.users -= 1;
+            st.last_used = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let deliveries = std::mem::take(&mut self.deliveries);
+        if let Some(slot) = &self.slot
+            && !deliveries.is_empty()
+        {
+            let mut st = slot.state.lock().expect("slot lock");
+            if st.closed {
+                drop(st);
+                requeue(deliveries);
+            } else {
+                for d in deliveries.into_iter().rev() {
+                    st.buffer.push_front(d);
+                }
+                drop(st);
+                slot.notify.notify_waiters();
+            }
+        }
+        self.settle();
+    }
+}

@@ -1,0 +1,472 @@
+//! Chat domain logic, independent of HTTP: validation, storage and the events each chat action produces.
+//!
+//! Stored facts (messages, read receipts) and their events are committed together through the outbox and
+//! published after the commit. Ephemeral signals (typing, delivery and presence notices) are published
+//! directly, best effort, with a short per-message expiration.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    auth::AuthUser,
+    broker::user_routing_key,
+    db::{
+        self,
+        chat::{Cursor, PendingEvent, ReadSelection},
+        entities::{chat_message, conversation, user},
+    },
+    error::AppError,
+    events::{Event, MessageView, kind, rfc3339},
+    http::docs::is_blank,
+    state::AppState,
+};
+
+/// The largest history page.
+pub const MAX_PAGE: u64 = 200;
+
+/// An attachment already stored, to link to a new message.
+#[derive(Debug, Clone)]
+pub struct StoredAttachment {
+    /// Storage key, returned by the attachment store.
+    pub key: String,
+    /// `image`, `video` or `document`.
+    pub kind: String,
+}
+
+/// Sends a message from the caller to `receiver_id`: validates, stores the message and its events in one
+/// transaction, then publishes the events to the receiver's postbox and to the sender's own (so the
+/// sender's other devices see it too).
+///
+/// The answer is the stored message. While RabbitMQ is known to be unreachable the send is refused with
+/// 503 before anything is stored. If the publish fails after the commit (the broker died in between),
+/// the events stay in the outbox and the relay delivers them: the message is never lost and never
+/// announced without being stored.
+pub async fn send_message(
+    state: &AppState,
+    sender: &AuthUser,
+    receiver_id: i64,
+    text: String,
+    attachment: Option<StoredAttachment>,
+) -> Result<MessageView, AppError> {
+    let sender = &sender.0;
+    // The length counts what the client sent; blank means whitespace only (as the API document's
+    // `\S` pattern sees it). The stored text is trimmed.
+    if text.chars().count() > state.config.max_message_chars {
+        return Err(AppError::field(
+            "message",
+            format!(
+                "is longer than {} characters",
+                state.config.max_message_chars
+            ),
+        ));
+    }
+    if is_blank(&text) && attachment.is_none() {
+        return Err(AppError::field(
+            "message",
+            "may not be blank (unless an attachment is sent)",
+        ));
+    }
+    let text = text.trim().to_owned();
+    if receiver_id == sender.id {
+        return Err(AppError::Forbidden(
+            "you cannot send a message to yourself".into(),
+        ));
+    }
+    if db::users::find(&state.db, receiver_id).await?.is_none() {
+        return Err(AppError::NotFound(format!(
+            "user {receiver_id} does not exist"
+        )));
+    }
+    state.send_limit.check(sender.id, "messages")?;
+    // While RabbitMQ is known to be down, refuse (503) rather than store a message nobody is told of.
+    state.broker.ensure_available().await?;
+    let (msg, pending) = db::chat::store_message(
+        &state.db,
+        sender.id,
+        receiver_id,
+        text,
+        attachment.map(|a| (a.key, a.kind)),
+        |msg| {
+            let event = Event::new(kind::MESSAGE, to_value(&MessageView::new(msg, sender)));
+            (
+                vec![user_routing_key(receiver_id), user_routing_key(sender.id)],
+                event.to_bytes(),
+            )
+        },
+    )
+    .await?;
+    publish_committed(state, &pending).await;
+    Ok(MessageView::new(&msg, sender))
+}
+
+/// Publishes committed outbox events now; failures are left to the outbox relay.
+async fn publish_committed(state: &AppState, pending: &[PendingEvent]) {
+    let results =
+        futures_util::future::join_all(pending.iter().map(|p| state.outbox.publish(p))).await;
+    for (p, r) in pending.iter().zip(results) {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, outbox_id = p.outbox_id, "publish failed after commit; the outbox relay will retry");
+        }
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("wire types always serialise")
+}
+
+/// A conversation as the caller's list shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConversationView {
+    pub id: i64,
+    /// The other participant.
+    pub other_user: ContactView,
+    /// The first characters of the last message (empty for an attachment without text).
+    pub last_message: String,
+    pub last_message_id: Option<i64>,
+    pub last_message_at: Option<String>,
+    pub last_message_by: Option<i64>,
+    /// Messages the caller has not read yet.
+    pub unread_count: i64,
+    pub created_at: String,
+}
+
+/// Another user with presence.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ContactView {
+    pub id: i64,
+    pub username: String,
+    /// Display name (seed field name: `sender_name` in messages).
+    pub name: String,
+    /// Polled within the online window and did not disconnect.
+    pub online: bool,
+    pub last_seen_at: Option<String>,
+}
+
+impl ContactView {
+    pub fn new(u: &user::Model, now: DateTime<Utc>) -> Self {
+        ContactView {
+            id: u.id,
+            username: u.username.clone(),
+            name: u.display_name.clone(),
+            online: is_online(u, now),
+            last_seen_at: u.last_seen_at.map(rfc3339),
+        }
+    }
+}
+
+/// Online means: polled within the online window (shared through the database by every instance) and
+/// not disconnected since.
+pub fn is_online(u: &user::Model, now: DateTime<Utc>) -> bool {
+    u.online_until.is_some_and(|t| t > now)
+}
+
+/// The caller's conversations, most recent activity first.
+pub async fn conversations(
+    state: &AppState,
+    caller: &AuthUser,
+) -> Result<Vec<ConversationView>, AppError> {
+    let now = Utc::now();
+    let rows = db::chat::list_conversations(&state.db, caller.0.id, 1000).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, other)| ConversationView {
+            id: c.id,
+            other_user: ContactView::new(&other, now),
+            unread_count: db::chat::unread_for(&c, caller.0.id),
+            last_message: c.last_message_preview,
+            last_message_id: c.last_message_id,
+            last_message_at: c.last_message_at.map(rfc3339),
+            last_message_by: c.last_message_by,
+            created_at: rfc3339(c.created_at),
+        })
+        .collect())
+}
+
+/// One page of the caller's conversation with another user.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HistoryPage {
+    /// Chronological order (oldest first) within the page.
+    pub messages: Vec<MessageView>,
+    /// More messages lie beyond this page: older ones when paging back (`before` or no cursor), newer
+    /// ones when catching up (`since`).
+    pub has_more: bool,
+    /// The conversation's id, `null` when the two users never exchanged a message.
+    pub conversation_id: Option<i64>,
+    /// Pass as `before` to get the previous (older) page.
+    pub next_before: Option<i64>,
+    /// Pass as `since` to catch up from the end of this page.
+    pub next_since: Option<i64>,
+    /// Server time of this answer.
+    pub last_updated: String,
+}
+
+/// A history page between the caller and `other_id`.
+pub async fn history(
+    state: &AppState,
+    caller: &AuthUser,
+    other_id: i64,
+    cursor: Cursor,
+    limit: u64,
+) -> Result<HistoryPage, AppError> {
+    let other = db::users::find(&state.db, other_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("user {other_id} does not exist")))?;
+    let now = Utc::now();
+    let Some(conv) = db::chat::find_conversation(&state.db, caller.0.id, other_id).await? else {
+        return Ok(HistoryPage {
+            messages: Vec::new(),
+            has_more: false,
+            conversation_id: None,
+            next_before: None,
+            next_since: None,
+            last_updated: rfc3339(now),
+        });
+    };
+    let (rows, has_more) = db::chat::history(&state.db, conv.id, cursor, limit).await?;
+    let me = &caller.0;
+    let messages: Vec<MessageView> = rows
+        .iter()
+        .map(|m| MessageView::new(m, if m.sender_id == me.id { me } else { &other }))
+        .collect();
+    Ok(HistoryPage {
+        next_before: messages.first().map(|m| m.id),
+        next_since: messages.last().map(|m| m.id).or(match cursor {
+            Cursor::SinceId(id) => Some(id),
+            _ => None,
+        }),
+        messages,
+        has_more,
+        conversation_id: Some(conv.id),
+        last_updated: rfc3339(now),
+    })
+}
+
+/// What `mark-read` identifies.
+#[derive(Debug, Clone, Default)]
+pub struct MarkRead {
+    pub conversation_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub message_ids: Option<Vec<i64>>,
+    pub up_to: Option<i64>,
+}
+
+/// The answer of `mark-read`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MarkReadResult {
+    /// Always `ok`.
+    pub status: String,
+    pub conversation_id: i64,
+    /// Number of messages marked read now.
+    pub marked: usize,
+    pub message_ids: Vec<i64>,
+    pub read_at: Option<String>,
+    /// The caller's unread count in the conversation afterwards.
+    pub unread_count: i64,
+}
+
+/// Marks messages the caller received read and sends a `read_receipt` event to the sender (and to the
+/// caller's own postbox, so the caller's other devices clear their badges).
+pub async fn mark_read(
+    state: &AppState,
+    caller: &AuthUser,
+    req: MarkRead,
+) -> Result<MarkReadResult, AppError> {
+    let me = &caller.0;
+    let conv = resolve_conversation(state, me.id, &req).await?;
+    let other_id = db::chat::other_party(&conv, me.id);
+    let read_at = Utc::now();
+    let selection = ReadSelection {
+        message_ids: req.message_ids.clone(),
+        up_to: req.up_to,
+    };
+    let (marked, pending) =
+        db::chat::mark_read(&state.db, me.id, &conv, selection, read_at, |marked| {
+            let ids: Vec<i64> = marked.iter().map(|m| m.id).collect();
+            let event = Event::new(
+                kind::READ_RECEIPT,
+                json!({
+                    "conversation_id": conv.id,
+                    "message_ids": ids,
+                    "message_id": ids.last(),
+                    "reader_id": me.id,
+                    "reader_name": me.display_name,
+                    "read_at": rfc3339(read_at),
+                }),
+            );
+            (
+                vec![user_routing_key(other_id), user_routing_key(me.id)],
+                event.to_bytes(),
+            )
+        })
+        .await?;
+    publish_committed(state, &pending).await;
+    let unread = db::chat::find_conversation_by_id(&state.db, conv.id)
+        .await?
+        .map(|c| db::chat::unread_for(&c, me.id))
+        .unwrap_or_default();
+    Ok(MarkReadResult {
+        status: "ok".into(),
+        conversation_id: conv.id,
+        marked: marked.len(),
+        read_at: (!marked.is_empty()).then(|| rfc3339(read_at)),
+        message_ids: marked.iter().map(|m| m.id).collect(),
+        unread_count: unread,
+    })
+}
+
+/// Finds the conversation a `mark-read` names, checking the caller takes part in it. Another user's
+/// conversation is answered as not found, so its existence does not leak.
+async fn resolve_conversation(
+    state: &AppState,
+    me: i64,
+    req: &MarkRead,
+) -> Result<conversation::Model, AppError> {
+    let not_found = || AppError::NotFound("no such conversation for this user".into());
+    let conv = if let Some(id) = req.conversation_id {
+        db::chat::find_conversation_by_id(&state.db, id).await?
+    } else if let Some(other) = req.user_id {
+        db::chat::find_conversation(&state.db, me, other).await?
+    } else if let Some(first) = req.message_ids.as_ref().and_then(|ids| ids.first()) {
+        match db::chat::find_message(&state.db, *first).await? {
+            Some(m) => db::chat::find_conversation_by_id(&state.db, m.conversation_id).await?,
+            None => None,
+        }
+    } else {
+        return Err(AppError::BadRequest(
+            "give `conversation_id`, `user_id` (the other participant) or `message_ids`".into(),
+        ));
+    };
+    conv.filter(|c| c.user1_id == me || c.user2_id == me)
+        .ok_or_else(not_found)
+}
+
+/// Publishes a `typing` event to the receiver: ephemeral (not stored, not persistent, expires after the
+/// configured typing TTL, so a client that polls later never sees stale typing).
+pub async fn typing(
+    state: &AppState,
+    caller: &AuthUser,
+    receiver_id: i64,
+    is_typing: bool,
+) -> Result<(), AppError> {
+    let me = &caller.0;
+    if receiver_id == me.id {
+        return Err(AppError::Forbidden("you cannot type to yourself".into()));
+    }
+    if db::users::find(&state.db, receiver_id).await?.is_none() {
+        return Err(AppError::NotFound(format!(
+            "user {receiver_id} does not exist"
+        )));
+    }
+    let event = Event::new(
+        kind::TYPING,
+        json!({
+            "sender_id": me.id,
+            "sender_name": me.display_name,
+            "receiver_id": receiver_id,
+            "is_typing": is_typing,
+        }),
+    );
+    state
+        .broker
+        .publish_ephemeral(receiver_id, &event.to_bytes(), state.config.typing_ttl())
+        .await?;
+    Ok(())
+}
+
+/// Unread counts of the caller.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UnreadCounts {
+    /// All unread messages.
+    pub unread_count: i64,
+    /// Per conversation with unread messages.
+    pub conversations: Vec<ConversationUnread>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConversationUnread {
+    pub conversation_id: i64,
+    /// The other participant.
+    pub user_id: i64,
+    pub unread_count: i64,
+}
+
+pub async fn unread_counts(state: &AppState, caller: &AuthUser) -> Result<UnreadCounts, AppError> {
+    let me = caller.0.id;
+    let rows = db::chat::list_conversations(&state.db, me, 10_000).await?;
+    let conversations: Vec<ConversationUnread> = rows
+        .iter()
+        .map(|(c, _)| ConversationUnread {
+            conversation_id: c.id,
+            user_id: db::chat::other_party(c, me),
+            unread_count: db::chat::unread_for(c, me),
+        })
+        .filter(|c| c.unread_count > 0)
+        .collect();
+    Ok(UnreadCounts {
+        unread_count: conversations.iter().map(|c| c.unread_count).sum(),
+        conversations,
+    })
+}
+
+/// Users online now.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OnlineUsers {
+    pub count: usize,
+    pub users: Vec<ContactView>,
+    /// Their ids, for quick lookups.
+    pub online_user_ids: Vec<i64>,
+}
+
+pub async fn online_users(state: &AppState, caller: &AuthUser) -> Result<OnlineUsers, AppError> {
+    let now = Utc::now();
+    let users: Vec<ContactView> = db::users::online(&state.db, now, 500)
+        .await?
+        .iter()
+        .filter(|u| u.id != caller.0.id)
+        .map(|u| ContactView::new(u, now))
+        .collect();
+    Ok(OnlineUsers {
+        count: users.len(),
+        online_user_ids: users.iter().map(|u| u.id).collect(),
+        users,
+    })
+}
+
+/// Records that messages were handed to their receiver's client: sets `delivered_at` and tells each
+/// sender with a `delivered` event (best effort).
+pub async fn delivered(
+    state: &AppState,
+    receiver_id: i64,
+    message_ids: &[i64],
+) -> Result<(), AppError> {
+    let now = Utc::now();
+    let delivered: Vec<chat_message::Model> =
+        db::chat::mark_delivered(&state.db, receiver_id, message_ids, now).await?;
+    let mut by_sender: std::collections::BTreeMap<(i64, i64), Vec<i64>> = Default::default();
+    for m in &delivered {
+        by_sender
+            .entry((m.sender_id, m.conversation_id))
+            .or_default()
+            .push(m.id);
+    }
+    for ((sender_id, conversation_id), ids) in by_sender {
+        let event = Event::new(
+            kind::DELIVERED,
+            json!({
+                "conversation_id": conversation_id,
+                "message_ids": ids,
+                "receiver_id": receiver_id,
+                "delivered_at": rfc3339(now),
+            }),
+        );
+        if let Err(e) = state
+            .broker
+            .publish_ephemeral(sender_id, &event.to_bytes(), state.config.message_ttl())
+            .await
+        {
+            tracing::warn!(error = %e, sender_id, "could not publish a delivery notice");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Control messages between Postbox processes, over RabbitMQ: a durable fanout exchange
+//! `<prefix>.control`; every serving instance binds its own exclusive, auto-deleted queue to it.
+//!
+//! Today one message exists: `token_revoked` (sent by `postbox tokens revoke`), which ends at once, with
+//! 401, every poll waiting with one of the revoked tokens, in every instance.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, ExchangeKind,
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{FieldTable, ShortString},
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// These token digests were revoked: end the polls waiting with them.
+    TokenRevoked { key_hashes: Vec<String> },
+}
+
+/// The polls waiting with one token: (registration id, what ends them).
+type Waiters = Vec<(u64, CancellationToken)>;
+
+/// Polls waiting now, by the digest of the token they authenticated with.
+#[derive(Clone, Default)]
+pub struct Waiting {
+    inner: Arc<Mutex<HashMap<String, Waiters>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Removes a waiting poll from the registry when dropped.
+pub struct WaitingGuard {
+    waiting: Waiting,
+    key_hash: String,
+    id: u64,
+    pub revoked: CancellationToken,
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        let mut map = self.waiting.inner.lock().expect("waiting lock");
+        if let Some(list) = map.get_mut(&self.key_hash) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                map.remove(&self.key_hash);
+            }
+        }
+    }
+}
+
+impl Waiting {
+    /// Registers a poll waiting with this token; its `revoked` token fires if the token is revoked.
+    pub fn register(&self, key_hash: &str) -> WaitingGuard {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let revoked = CancellationToken::new();
+        self.inner
+            .lock()
+            .expect("waiting lock")
+            .entry(key_hash.to_owned())
+            .or_default()
+            .push((id, revoked.clone()));
+        WaitingGuard {
+            waiting: self.clone(),
+            key_hash: key_hash.to_owned(),
+            id,
+            revoked,
+        }
+    }
+
+    /// Ends the polls waiting with these tokens.
+    pub fn revoke(&self, key_hashes: &[String]) -> usize {
+        let map = self.inner.lock().expect("waiting lock");
+        let mut ended = 0;
+        for hash in key_hashes {
+            for (_, token) in map.get(hash).into_iter().flatten() {
+                token.cancel();
+                ended += 1;
+            }
+        }
+        ended
+    }
+}
+
+async fn declare_exchange(
+    channel: &lapin::Channel,
+    broker: &Broker,
+) -> Result<String, BrokerError> {
+    let exchange = format!("{}.control", broker.topology().prefix);
+    channel
+        .exchange_declare(
+            ShortString::from(exchange.clone()),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::classify(e, &exchange))?;
+    Ok(exchange)
+}
+
+/// Sends a control message to every running instance.
+pub async fn send(broker: &Broker, message: &Control) -> Result<(), BrokerError> {
+    let channel = broker.disposable_channel().await?;
+    let result = broker
+        .with_timeout(async {
+            let exchange = declare_exchange(&channel, broker).await?;
+            channel
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(""),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(message).expect("control messages serialise"),
+                    BasicProperties::default(),
+                )
+                .await
+                .map_err(|e| BrokerError::classify(e, "control publish"))?
+                .await
+                .map(|_| ())
+                .map_err(|e| BrokerError::classify(e, "control publish"))
+        })
+        .await;
+    crate::broker::close_quietly(channel).await;
+    result
+}
+
+/// Receives control messages until `shutdown`, reconnecting after broker failures.
+pub async fn run(broker: Broker, waiting: Waiting, shutdown: CancellationToken) {
+    loop {
+        let result = tokio::select! {
+            r = listen(&broker, &waiting) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "control listener stopped; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+async fn listen(broker: &Broker, waiting: &Waiting) -> Result<(), BrokerError> {
+    let channel = broker.disposable_channel().await?;
+    let exchange = declare_exchange(&channel, broker).await?;
+    // Named under the prefix (not server-named `amq.gen-*`), so the recommended permissions
+    // (`^<prefix>\..*`) cover it; exclusive and auto-deleted with this instance's connection.
+    let name = format!(
+        "{}.control.{}",
+        broker.topology().prefix,
+        uuid::Uuid::new_v4().simple()
+    );
+    let queue = channel
+        .queue_declare(
+            ShortString::from(name),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::classify(e, "control queue"))?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            ShortString::from(exchange),
+            ShortString::from(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::classify(e, "control queue"))?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::classify(e, "control consume"))?;
+    while let Some(next) = consumer.next().await {
+        let delivery = next.map_err(|e| BrokerError::classify(e, "control consume"))?;
+        match serde_json::from_slice::<Control>(&delivery.data) {
+            Ok(Control::TokenRevoked { key_hashes }) => {
+                let ended = waiting.revoke(&key_hashes);
+                tracing::info!(tokens = key_hashes.len(), ended, "tokens revoked");
+            }
+            Err(e) => tracing::warn!(error = %e, "unknown control message"),
+        }
+    }
+    Err(BrokerError::Unavailable(
+        "control consumer cancelled".into(),
+    ))
+}

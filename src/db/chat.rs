@@ -1,0 +1,473 @@
+//! Conversations and chat messages.
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
+    QueryFilter, Set, TransactionTrait, sea_query::Expr,
+};
+
+use super::{
+    DbError,
+    entities::{chat_message, conversation, outbox, user},
+};
+
+/// Length of the last-message preview kept on a conversation.
+const PREVIEW_CHARS: usize = 100;
+
+/// An event to publish once the transaction that stored its data has committed.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    pub outbox_id: i64,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+}
+
+/// Stores a message from `sender_id` to `receiver_id` and, in the same transaction, the events announcing
+/// it (outbox rows, one per routing key): either all are stored or nothing. The conversation's preview and the receiver's
+/// unread count are updated atomically (`unread = unread + 1` in SQL, no read-modify-write).
+pub async fn store_message(
+    db: &DatabaseConnection,
+    sender_id: i64,
+    receiver_id: i64,
+    text: String,
+    attachment: Option<(String, String)>,
+    event_for: impl FnOnce(&chat_message::Model) -> (Vec<String>, Vec<u8>),
+) -> Result<(chat_message::Model, Vec<PendingEvent>), DbError> {
+    let txn = db.begin().await?;
+    let conv = conversation_for(&txn, sender_id, receiver_id).await?;
+    let now = Utc::now();
+    let msg = chat_message::ActiveModel {
+        conversation_id: Set(conv.id),
+        sender_id: Set(sender_id),
+        receiver_id: Set(receiver_id),
+        message: Set(text),
+        attachment: Set(attachment.as_ref().map(|(key, _)| key.clone())),
+        attachment_type: Set(attachment.map(|(_, kind)| kind)),
+        created_at: Set(now),
+        delivered_at: Set(None),
+        read_at: Set(None),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    let preview: String = msg.message.chars().take(PREVIEW_CHARS).collect();
+    let unread_col = unread_column(&conv, receiver_id);
+    conversation::Entity::update_many()
+        .col_expr(conversation::Column::LastMessageId, Expr::value(msg.id))
+        .col_expr(conversation::Column::LastMessageBy, Expr::value(sender_id))
+        .col_expr(
+            conversation::Column::LastMessagePreview,
+            Expr::value(preview),
+        )
+        .col_expr(conversation::Column::LastMessageAt, Expr::value(now))
+        .col_expr(unread_col, Expr::col(unread_col).add(1))
+        .filter(conversation::Column::Id.eq(conv.id))
+        .exec(&txn)
+        .await?;
+    let (routing_keys, payload) = event_for(&msg);
+    let pending = insert_outbox_for(&txn, routing_keys, payload).await?;
+    txn.commit().await?;
+    Ok((msg, pending))
+}
+
+/// The conversation of a pair of users, created on first use (race-free: insert-or-ignore on the unique
+/// pair, then read).
+async fn conversation_for<C: ConnectionTrait>(
+    db: &C,
+    a: i64,
+    b: i64,
+) -> Result<conversation::Model, DbError> {
+    let (user1, user2) = if a < b { (a, b) } else { (b, a) };
+    let find = || {
+        conversation::Entity::find()
+            .filter(conversation::Column::User1Id.eq(user1))
+            .filter(conversation::Column::User2Id.eq(user2))
+    };
+    if let Some(c) = find().one(db).await? {
+        return Ok(c);
+    }
+    let insert = conversation::Entity::insert(conversation::ActiveModel {
+        user1_id: Set(user1),
+        user2_id: Set(user2),
+        last_message_preview: Set(String::new()),
+        user1_unread: Set(0),
+        user2_unread: Set(0),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    })
+    .on_conflict_do_nothing_on([conversation::Column::User1Id, conversation::Column::User2Id])
+    .exec(db)
+    .await;
+    if let Err(e) = insert {
+        return Err(e.into());
+    }
+    find()
+        .one(db)
+        .await?
+        .ok_or_else(|| DbError::Other(sea_orm::DbErr::RecordNotFound("conversation".into())))
+}
+
+/// Adds an event to the outbox inside the caller's transaction.
+pub async fn insert_outbox<C: ConnectionTrait>(
+    db: &C,
+    routing_key: String,
+    payload: Vec<u8>,
+) -> Result<PendingEvent, DbError> {
+    let row = outbox::ActiveModel {
+        routing_key: Set(routing_key.clone()),
+        payload: Set(String::from_utf8(payload.clone()).expect("event payloads are JSON text")),
+        created_at: Set(Utc::now()),
+        attempts: Set(0),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok(PendingEvent {
+        outbox_id: row.id,
+        routing_key,
+        payload,
+    })
+}
+
+/// Adds one event to the outbox once per routing key, inside the caller's transaction.
+async fn insert_outbox_for<C: ConnectionTrait>(
+    db: &C,
+    routing_keys: Vec<String>,
+    payload: Vec<u8>,
+) -> Result<Vec<PendingEvent>, DbError> {
+    let mut pending = Vec::with_capacity(routing_keys.len());
+    for key in routing_keys {
+        pending.push(insert_outbox(db, key, payload.clone()).await?);
+    }
+    Ok(pending)
+}
+
+/// Removes outbox rows whose events RabbitMQ confirmed.
+pub async fn delete_outbox(db: &DatabaseConnection, ids: &[i64]) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox::Entity::delete_many()
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Outbox rows older than `min_age` (their inline publish failed or the process died before it).
+pub async fn stale_outbox(
+    db: &DatabaseConnection,
+    min_age: chrono::Duration,
+    limit: u64,
+) -> Result<Vec<outbox::Model>, DbError> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    Ok(outbox::Entity::find()
+        .filter(outbox::Column::CreatedAt.lt(Utc::now() - min_age))
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// Counts a failed retry of an outbox row.
+pub async fn bump_outbox_attempts(db: &DatabaseConnection, id: i64) -> Result<(), DbError> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::Attempts,
+            Expr::col(outbox::Column::Attempts).add(1),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// The conversation between two users, if they ever exchanged a message.
+pub async fn find_conversation(
+    db: &DatabaseConnection,
+    a: i64,
+    b: i64,
+) -> Result<Option<conversation::Model>, DbError> {
+    let (user1, user2) = if a < b { (a, b) } else { (b, a) };
+    Ok(conversation::Entity::find()
+        .filter(conversation::Column::User1Id.eq(user1))
+        .filter(conversation::Column::User2Id.eq(user2))
+        .one(db)
+        .await?)
+}
+
+pub async fn find_conversation_by_id(
+    db: &DatabaseConnection,
+    id: i64,
+) -> Result<Option<conversation::Model>, DbError> {
+    Ok(conversation::Entity::find_by_id(id).one(db).await?)
+}
+
+/// A user's conversations, most recent activity first, each with the other participant.
+pub async fn list_conversations(
+    db: &DatabaseConnection,
+    user_id: i64,
+    limit: u64,
+) -> Result<Vec<(conversation::Model, user::Model)>, DbError> {
+    use sea_orm::{Condition, QueryOrder, QuerySelect};
+    let conversations = conversation::Entity::find()
+        .filter(
+            Condition::any()
+                .add(conversation::Column::User1Id.eq(user_id))
+                .add(conversation::Column::User2Id.eq(user_id)),
+        )
+        .order_by_desc(conversation::Column::LastMessageId)
+        .limit(limit)
+        .all(db)
+        .await?;
+    let others: Vec<i64> = conversations
+        .iter()
+        .map(|c| other_party(c, user_id))
+        .collect();
+    let users: std::collections::HashMap<i64, user::Model> = user::Entity::find()
+        .filter(user::Column::Id.is_in(others))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
+    Ok(conversations
+        .into_iter()
+        .filter_map(|c| {
+            let other = users.get(&other_party(&c, user_id))?.clone();
+            Some((c, other))
+        })
+        .collect())
+}
+
+/// The participant of a conversation who is not `user_id`.
+pub fn other_party(c: &conversation::Model, user_id: i64) -> i64 {
+    if c.user1_id == user_id {
+        c.user2_id
+    } else {
+        c.user1_id
+    }
+}
+
+/// The column holding `user_id`'s unread count in a conversation.
+fn unread_column(c: &conversation::Model, user_id: i64) -> conversation::Column {
+    if c.user1_id == user_id {
+        conversation::Column::User1Unread
+    } else {
+        conversation::Column::User2Unread
+    }
+}
+
+/// The caller's unread count in a conversation.
+pub fn unread_for(c: &conversation::Model, user_id: i64) -> i64 {
+    if c.user1_id == user_id {
+        c.user1_unread
+    } else {
+        c.user2_unread
+    }
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cursor {
+    /// The newest page.
+    Latest,
+    /// Older than this message id (infinite scroll backwards).
+    Before(i64),
+    /// Newer than this message id (catch-up forwards).
+    SinceId(i64),
+    /// Newer than this time (seed 003's `since`).
+    SinceTime(chrono::DateTime<Utc>),
+    /// Newer than `since` (an id or a time) and older than the `before` id, oldest first.
+    Between {
+        since_id: Option<i64>,
+        since_time: Option<chrono::DateTime<Utc>>,
+        before: i64,
+    },
+}
+
+/// One page of a conversation, in chronological order, and whether more lies beyond it (older messages
+/// for `Latest`/`Before`, newer ones for `Since*`). Paging by id keeps pages stable under inserts.
+pub async fn history(
+    db: &DatabaseConnection,
+    conversation_id: i64,
+    cursor: Cursor,
+    limit: u64,
+) -> Result<(Vec<chat_message::Model>, bool), DbError> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let base = chat_message::Entity::find()
+        .filter(chat_message::Column::ConversationId.eq(conversation_id));
+    let (query, backwards) = match cursor {
+        Cursor::Latest => (base.order_by_desc(chat_message::Column::Id), true),
+        Cursor::Before(id) => (
+            base.filter(chat_message::Column::Id.lt(id))
+                .order_by_desc(chat_message::Column::Id),
+            true,
+        ),
+        Cursor::SinceId(id) => (
+            base.filter(chat_message::Column::Id.gt(id))
+                .order_by_asc(chat_message::Column::Id),
+            false,
+        ),
+        Cursor::SinceTime(t) => (
+            base.filter(chat_message::Column::CreatedAt.gt(t))
+                .order_by_asc(chat_message::Column::Id),
+            false,
+        ),
+        Cursor::Between {
+            since_id,
+            since_time,
+            before,
+        } => {
+            let mut bounded = base.filter(chat_message::Column::Id.lt(before));
+            if let Some(id) = since_id {
+                bounded = bounded.filter(chat_message::Column::Id.gt(id));
+            }
+            if let Some(t) = since_time {
+                bounded = bounded.filter(chat_message::Column::CreatedAt.gt(t));
+            }
+            (bounded.order_by_asc(chat_message::Column::Id), false)
+        }
+    };
+    let mut rows = query.limit(limit + 1).all(db).await?;
+    let has_more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    if backwards {
+        rows.reverse();
+    }
+    Ok((rows, has_more))
+}
+
+/// Which of a conversation's unread messages to mark read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadSelection {
+    /// Only these messages (else all unread ones).
+    pub message_ids: Option<Vec<i64>>,
+    /// Only messages up to this id.
+    pub up_to: Option<i64>,
+}
+
+/// Marks the reader's unread messages of a conversation read, lowers the reader's unread count by the
+/// number actually marked (a relative update: it commutes with concurrent sends), and stores the events
+/// built by `events_for` from the marked messages. Returns the marked messages and the events.
+pub async fn mark_read(
+    db: &DatabaseConnection,
+    reader_id: i64,
+    conv: &conversation::Model,
+    selection: ReadSelection,
+    read_at: chrono::DateTime<Utc>,
+    events_for: impl FnOnce(&[chat_message::Model]) -> (Vec<String>, Vec<u8>),
+) -> Result<(Vec<chat_message::Model>, Vec<PendingEvent>), DbError> {
+    use sea_orm::QueryOrder;
+    let txn = db.begin().await?;
+    let mut query = chat_message::Entity::find()
+        .filter(chat_message::Column::ConversationId.eq(conv.id))
+        .filter(chat_message::Column::ReceiverId.eq(reader_id))
+        .filter(chat_message::Column::ReadAt.is_null());
+    if let Some(ids) = &selection.message_ids {
+        query = query.filter(chat_message::Column::Id.is_in(ids.iter().copied()));
+    }
+    if let Some(up_to) = selection.up_to {
+        query = query.filter(chat_message::Column::Id.lte(up_to));
+    }
+    let mut marked = query
+        .order_by_asc(chat_message::Column::Id)
+        .all(&txn)
+        .await?;
+    if marked.is_empty() {
+        txn.commit().await?;
+        return Ok((marked, Vec::new()));
+    }
+    let ids: Vec<i64> = marked.iter().map(|m| m.id).collect();
+    let updated = chat_message::Entity::update_many()
+        .col_expr(chat_message::Column::ReadAt, Expr::value(read_at))
+        .filter(chat_message::Column::Id.is_in(ids))
+        .filter(chat_message::Column::ReadAt.is_null())
+        .exec(&txn)
+        .await?
+        .rows_affected as i64;
+    let unread_col = unread_column(conv, reader_id);
+    conversation::Entity::update_many()
+        .col_expr(
+            unread_col,
+            Expr::case(
+                Expr::col(unread_col).gte(updated),
+                Expr::col(unread_col).sub(updated),
+            )
+            .finally(0)
+            .into(),
+        )
+        .filter(conversation::Column::Id.eq(conv.id))
+        .exec(&txn)
+        .await?;
+    for m in &mut marked {
+        m.read_at = Some(read_at);
+    }
+    let (routing_keys, payload) = events_for(&marked);
+    let pending = insert_outbox_for(&txn, routing_keys, payload).await?;
+    txn.commit().await?;
+    Ok((marked, pending))
+}
+
+/// Sets `delivered_at` on the given messages received by `receiver_id` that were not delivered yet, and
+/// returns those (so their senders can be told).
+pub async fn mark_delivered(
+    db: &DatabaseConnection,
+    receiver_id: i64,
+    message_ids: &[i64],
+    delivered_at: chrono::DateTime<Utc>,
+) -> Result<Vec<chat_message::Model>, DbError> {
+    if message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pending = chat_message::Entity::find()
+        .filter(chat_message::Column::Id.is_in(message_ids.iter().copied()))
+        .filter(chat_message::Column::ReceiverId.eq(receiver_id))
+        .filter(chat_message::Column::DeliveredAt.is_null())
+        .all(db)
+        .await?;
+    if pending.is_empty() {
+        return Ok(pending);
+    }
+    chat_message::Entity::update_many()
+        .col_expr(chat_message::Column::DeliveredAt, Expr::value(delivered_at))
+        .filter(chat_message::Column::Id.is_in(pending.iter().map(|m| m.id)))
+        .filter(chat_message::Column::DeliveredAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(pending
+        .into_iter()
+        .map(|mut m| {
+            m.delivered_at = Some(delivered_at);
+            m
+        })
+        .collect())
+}
+
+pub async fn find_message(
+    db: &DatabaseConnection,
+    id: i64,
+) -> Result<Option<chat_message::Model>, DbError> {
+    Ok(chat_message::Entity::find_by_id(id).one(db).await?)
+}
+
+/// The users `user_id` has a conversation with (who are told of their presence changes).
+pub async fn contacts(db: &DatabaseConnection, user_id: i64) -> Result<Vec<i64>, DbError> {
+    use sea_orm::{Condition, QuerySelect};
+    let pairs: Vec<(i64, i64)> = conversation::Entity::find()
+        .select_only()
+        .column(conversation::Column::User1Id)
+        .column(conversation::Column::User2Id)
+        .filter(
+            Condition::any()
+                .add(conversation::Column::User1Id.eq(user_id))
+                .add(conversation::Column::User2Id.eq(user_id)),
+        )
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(pairs
+        .into_iter()
+        .map(|(a, b)| if a == user_id { b } else { a })
+        .collect())
+}

@@ -1,0 +1,9 @@
+//! sea-orm entities, one file per table; the schema itself lives in `migrations/`.
+
+pub mod api_token;
+pub mod chat_message;
+pub mod client;
+pub mod conversation;
+pub mod gap;
+pub mod outbox;
+pub mod user;

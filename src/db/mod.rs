@@ -1,0 +1,111 @@
+//! The relational store: connection, migrations, entities and the queries the domain needs.
+//!
+//! One codebase for SQLite (the embedded default) and PostgreSQL; the URL picks the backend. This module
+//! owns every SQL statement and the classification of database errors ([`DbError`]); it knows nothing about
+//! HTTP or the broker. Transactions never span a broker round trip: callers publish after commit.
+
+pub mod chat;
+pub mod clients;
+pub mod entities;
+pub mod gaps;
+pub mod users;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    SqlErr, Statement, TransactionTrait,
+};
+
+use crate::config::redact_url;
+
+/// A database failure, classified so the HTTP layer can answer 409 or 503 instead of a blind 500.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached (refused, pool timeout, I/O error).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique key already exists.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// Anything else: a bug or a schema mismatch.
+    #[error("database error: {0}")]
+    Other(#[source] DbErr),
+}
+
+impl From<DbErr> for DbError {
+    fn from(err: DbErr) -> Self {
+        if let Some(SqlErr::UniqueConstraintViolation(msg)) = err.sql_err() {
+            return DbError::Conflict(msg);
+        }
+        match &err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => DbError::Unavailable(err.to_string()),
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))
+                if is_unavailable(e) =>
+            {
+                DbError::Unavailable(err.to_string())
+            }
+            _ => DbError::Other(err),
+        }
+    }
+}
+
+fn is_unavailable(err: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as E;
+    matches!(
+        err,
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed
+    )
+}
+
+/// Connects to the database named by `url`, creating the SQLite file when needed.
+pub async fn connect(url: &str, timeout: Duration) -> Result<DatabaseConnection, DbError> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.connect_timeout(timeout)
+        .acquire_timeout(timeout)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    if url.starts_with("postgres") {
+        opts.max_connections(32).min_connections(1);
+    }
+    match tokio::time::timeout(timeout + Duration::from_secs(1), Database::connect(opts)).await {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(DbError::Unavailable(format!(
+            "cannot open database {}: {e}; check DATABASE_URL and that the database server is running",
+            redact_url(url)
+        ))),
+        Err(_) => Err(DbError::Unavailable(format!(
+            "timed out connecting to database {}; check DATABASE_URL and that the database server is running",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// Applies every pending migration. Safe to run from several instances at once on PostgreSQL: the
+/// migration runs under a transaction-scoped advisory lock, so concurrent starts queue instead of racing.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(7510226001)",
+        ))
+        .await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+    } else {
+        Migrator::up(db, None).await?;
+    }
+    Ok(())
+}
+
+/// A cheap round trip, for readiness checks.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbError> {
+    db.ping().await.map_err(DbError::from)
+}

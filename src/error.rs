@@ -1,0 +1,176 @@
+//! The service's error type and its one mapping to HTTP.
+//!
+//! Every failure a request can meet ends here as an [`AppError`], answered with one stable JSON shape:
+//! `{"error": "<code>", "detail": "<what happened and what to do>", "status": <http status>}` (plus
+//! `"fields"` for validation errors). `detail` keeps the key DRF clients already read. Internal causes are
+//! logged with their chain and never sent to the client.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::{broker::BrokerError, db::DbError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid input")]
+    Validation(BTreeMap<&'static str, String>),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{detail}")]
+    RateLimited {
+        detail: String,
+        retry_after_secs: u64,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "validation_error", "detail": "message: may not be blank", "status": 400, "fields": {"message": "may not be blank"}}))]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `bad_request`, `validation_error`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `rate_limited`, `database_unavailable`, `broker_unavailable`, `broker_misconfigured`, `internal_error`.
+    #[schema(value_type = String)]
+    pub error: &'static str,
+    /// What happened and what to do, for humans.
+    pub detail: String,
+    /// The HTTP status, repeated.
+    pub status: u16,
+    /// Per-field messages of a validation error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub fields: Option<BTreeMap<&'static str, String>>,
+}
+
+impl AppError {
+    /// A validation error on one field.
+    pub fn field(name: &'static str, msg: impl Into<String>) -> Self {
+        AppError::Validation(BTreeMap::from([(name, msg.into())]))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use AppError as E;
+        match self {
+            E::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
+            E::Validation(fields) => {
+                let detail = fields
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (StatusCode::BAD_REQUEST, "validation_error", detail)
+            }
+            E::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone()),
+            E::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            E::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
+            E::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m.clone()),
+            E::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            E::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m.clone()),
+            E::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m.clone(),
+            ),
+            E::RateLimited { detail, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail.clone())
+            }
+            E::Db(DbError::Conflict(_)) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "a record with the same unique value already exists".into(),
+            ),
+            E::Db(DbError::Unavailable(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unavailable; retry shortly (operators: check DATABASE_URL and the database server)"
+                    .into(),
+            ),
+            E::Broker(BrokerError::Unavailable(_) | BrokerError::Timeout(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the message broker is unavailable; retry shortly (operators: run `postbox check-rabbitmq`)"
+                    .into(),
+            ),
+            E::Broker(BrokerError::QueueArguments { queue, .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_misconfigured",
+                format!(
+                    "postbox queue {queue} was declared with other arguments; operators: run `postbox check-rabbitmq`"
+                ),
+            ),
+            E::Db(DbError::Other(_)) | E::Broker(_) | E::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error; it has been logged".into(),
+            ),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = self.parts();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "backend unavailable");
+        } else if status.is_server_error() {
+            tracing::error!(error = %self, cause = ?std::error::Error::source(&self), "request failed");
+        }
+        let retry_after = match &self {
+            AppError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(2),
+            _ => None,
+        };
+        let fields = match self {
+            AppError::Validation(fields) => Some(fields),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: code,
+            detail,
+            status: status.as_u16(),
+            fields,
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Token"));
+        }
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,106 @@
+//! The API's description: the OpenAPI document (generated from the handlers' `#[utoipa::path]`
+//! annotations), served at `/api/openapi.json`, and a Swagger UI at `/api/docs` whose assets are compiled
+//! into the binary (no download at build or run time).
+
+use axum::Router;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{ApiKey, ApiKeyValue, SecurityScheme},
+};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{error::ErrorBody, state::AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Postbox",
+        description = "Real-time chat over plain HTTP: durable per-user RabbitMQ postboxes and a push-based long poll. \
+Every error answers the JSON shape `ErrorBody`.",
+        license(name = "MIT")
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "poll", description = "Receiving events: the long poll"),
+        (name = "chats", description = "One-to-one chat"),
+        (name = "admin", description = "Provisioning (admin tokens only)"),
+        (name = "ops", description = "Health, readiness and metrics"),
+        (name = "clients", description = "The JavaScript client, served from the binary")
+    )
+)]
+pub struct ApiDoc;
+
+/// The two ways to send a user token: `Authorization: Token <key>` and `?token=<key>`.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "A user's API token as `Token <key>` (or `Bearer <key>`).",
+            ))),
+        );
+        components.add_security_scheme(
+            "token_query",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "The same token as a query parameter, for EventSource and sendBeacon.",
+            ))),
+        );
+    }
+}
+
+/// `/api/openapi.json` and the Swagger UI at `/api/docs`.
+pub fn router(openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
+    Router::new().merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
+}
+
+/// Implements `ToSchema` for a type from a literal JSON Schema, for constraints the derive cannot say
+/// (one-of-several required fields, numbers-or-numeric-strings). The handler enforces exactly this.
+macro_rules! literal_schema {
+    ($ty:ty, $name:literal, $schema:expr) => {
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::RefOr::T(
+                    serde_json::from_value($schema).expect("literal schemas are valid"),
+                )
+            }
+        }
+        impl utoipa::ToSchema for $ty {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed($name)
+            }
+        }
+    };
+}
+pub(crate) use literal_schema;
+
+/// The largest id the API accepts (15 digits: exact in JavaScript numbers too).
+pub const MAX_ID: i64 = 999_999_999_999_999;
+
+/// A positive id as a JSON number or a numeric string (DRF clients send either).
+pub fn id_schema() -> serde_json::Value {
+    serde_json::json!({
+        "oneOf": [
+            {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID},
+            {"type": "string", "pattern": "^[1-9][0-9]{0,14}$"}
+        ],
+        "description": "A positive id, as a number or a numeric string"
+    })
+}
+
+/// A schema that also accepts `null` (optional fields clients may send as null).
+pub fn nullable(schema: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"oneOf": [schema, {"type": "null"}]})
+}
+
+/// Whether text is blank the way the document's `\S` pattern sees it (Python's `str.isspace`, which
+/// also counts the ASCII separators U+001C..U+001F).
+pub fn is_blank(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}

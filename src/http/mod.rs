@@ -1,0 +1,108 @@
+//! The HTTP layer: routes, middleware, extractors. Handlers are thin: they parse input, call the domain
+//! (`chat`, `broker`, `db`) and shape the answer. Errors become JSON through [`crate::error::AppError`].
+
+pub mod admin;
+pub mod assets;
+pub mod chats;
+pub mod docs;
+pub mod extract;
+pub mod ops;
+pub mod poll;
+pub mod sse;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, StatusCode},
+    response::{IntoResponse, Response},
+};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{error::AppError, state::AppState};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every public route, registered together with its OpenAPI description (a route cannot exist without
+/// one: `utoipa_axum::routes!` adds both).
+/// `max_attachment_bytes` sizes the body limit of the send route.
+pub fn api(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
+    let communication = OpenApiRouter::new()
+        .merge(poll::router())
+        .merge(sse::router())
+        .merge(chats::router(max_attachment_bytes));
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+        .merge(ops::router())
+        .merge(assets::router())
+        .nest("/api/v1/communication", communication)
+        .nest("/api/v1/admin", admin::router())
+}
+
+/// The OpenAPI document of the whole API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    // Limits shape the routes' layers, never the document.
+    api(0).into_openapi()
+}
+
+/// The OpenAPI document as pretty JSON with a final newline (what `docs/openapi.json` holds).
+pub fn openapi_json() -> String {
+    let mut doc = openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    doc.push('\n');
+    doc
+}
+
+/// The whole application router: the API, its document and docs page, JSON fallbacks, middleware.
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api(state.config.max_attachment_bytes).split_for_parts();
+    api.merge(docs::router(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .route_layer(axum::middleware::from_fn(ops::track))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let request_id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    // The path only: query strings may carry `?token=`.
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+                })
+                // Failures are logged once, by `AppError` (with their cause), not again here.
+                .on_failure(())
+                .on_response(|resp: &Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(status = resp.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "response");
+                }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed("method not allowed on this endpoint".into())
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let mut resp = AppError::Internal("handler panicked".into()).into_response();
+    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    resp
+}

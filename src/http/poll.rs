@@ -1,0 +1,393 @@
+//! `/api/v1/communication/poll/...`: the long poll (seed 001's contract).
+//!
+//! `GET poll/events/` answers at once with what the caller's postbox holds, or waits (push, no sleep
+//! loop) until the first event arrives or the deadline passes. The events are acknowledged to RabbitMQ
+//! only after the whole response body was handed to the connection; a client that goes away before
+//! that leaves them in its postbox for the next poll. With `?client_id=`, the client polls its own
+//! postbox (registered on first use), so several tabs of one user each receive every event.
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::{AuthUser, TokenHash},
+    broker::postbox::Lease,
+    chat,
+    error::{AppError, ErrorBody},
+    events::{Event, kind, unix_now},
+    http::extract::{Query, parse_json},
+    state::AppState,
+    telemetry::names,
+};
+
+/// The longest hold a client may ask for.
+const MAX_HOLD_SECS: f64 = 60.0;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(register))
+        .routes(routes!(test))
+        .routes(routes!(disconnect))
+}
+
+/// The long-poll answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PollResponse {
+    /// Events in postbox order (possibly none).
+    pub events: Vec<Event>,
+    /// Server time, seconds since the Unix epoch.
+    pub timestamp: f64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PollParams {
+    /// Poll this client's own postbox (registered on first use) instead of the user's shared one.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    client_id: Option<String>,
+    /// The id of the last event this client processed. Sending it (even empty, on the first poll)
+    /// turns on acknowledgement by cursor: events up to it are removed from the postbox, later ones
+    /// not confirmed yet come again with the same ids. Implied by `client_id`.
+    #[param(max_length = 64)]
+    last_event_id: Option<String>,
+    /// How long to hold the poll when there is nothing to deliver, in seconds (0 to 60; default the
+    /// server's deadline, 5.5 s). Idle clients that ask for a longer hold cost fewer requests.
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 60)]
+    timeout: Option<String>,
+    /// The user token, when not sent in the `Authorization` header.
+    #[expect(
+        dead_code,
+        reason = "read by the authentication extractor; declared for the API document"
+    )]
+    token: Option<String>,
+}
+
+/// Wait for events.
+///
+/// Answers at once with what the postbox holds (up to 100 events), otherwise waits until the first event
+/// arrives (pushed by RabbitMQ) or the deadline passes (5.5 s by default) and answers `[]`. Poll again
+/// right after each answer. Events are removed from the postbox only once the answer was sent.
+#[utoipa::path(
+    get,
+    path = "/poll/events/",
+    tag = "poll",
+    params(PollParams),
+    responses(
+        (status = 200, description = "Events (possibly none)", body = PollResponse),
+        (status = 400, description = "Invalid client_id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
+    ),
+    security(("token" = []), ("token_query" = []))
+)]
+async fn events(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    TokenHash(token_hash): TokenHash,
+    Query(params): Query<PollParams>,
+) -> Result<Response, AppError> {
+    // Validate everything before any side effect (registration, presence).
+    if params.last_event_id.as_ref().is_some_and(|l| l.len() > 64) {
+        return Err(AppError::field(
+            "last_event_id",
+            "is longer than 64 characters",
+        ));
+    }
+    let hold = match params.timeout.as_deref() {
+        None => state.config.poll_timeout(),
+        Some(t) => match t.parse::<f64>() {
+            Ok(secs) if (0.0..=MAX_HOLD_SECS).contains(&secs) => {
+                std::time::Duration::from_secs_f64(secs.min(state.config.max_hold_secs))
+            }
+            _ => {
+                return Err(AppError::field(
+                    "timeout",
+                    "must be a number of seconds from 0 to 60",
+                ));
+            }
+        },
+    };
+    let crate::clients::Opened { postbox, gap } =
+        crate::clients::open(&state, &user, params.client_id.as_deref()).await?;
+    // A gap is announced at once, with whatever the postbox holds right now.
+    let deadline = tokio::time::Instant::now()
+        + if gap.is_some() {
+            std::time::Duration::ZERO
+        } else {
+            hold
+        };
+    let max = state.config.queue_max_length as usize;
+    let mut tracker = PollTracker::start();
+    let waiting = state.waiting.register(&token_hash);
+    // Cursor mode for registered clients and for anyone sending a cursor; seed mode otherwise.
+    let cursor = (params.client_id.is_some() || params.last_event_id.is_some())
+        .then(|| params.last_event_id.as_deref().filter(|l| !l.is_empty()));
+    let wait = state.broker.hub().wait(&postbox, deadline, max, cursor);
+    let result = tokio::select! {
+        r = wait => r,
+        () = waiting.revoked.cancelled() => {
+            tracker.finish("revoked");
+            return Err(AppError::Unauthorized("the token was revoked".into()));
+        }
+    };
+    drop(waiting);
+    let lease = match result {
+        Ok(lease) => lease,
+        Err(e) => {
+            tracker.finish("error");
+            return Err(e.into());
+        }
+    };
+    if lease.is_empty() && gap.is_none() {
+        tracker.finish("timeout");
+    }
+    Ok(poll_response(state, user.id, lease, gap, tracker))
+}
+
+/// Counts a poll in flight until it finishes, and its outcome. A poll dropped before it finished (the
+/// client went away while it waited or before the answer was written) counts as `disconnected`.
+struct PollTracker {
+    outcome: Option<&'static str>,
+}
+
+impl PollTracker {
+    fn start() -> Self {
+        metrics::gauge!(names::POLLS_IN_FLIGHT).increment(1.0);
+        PollTracker { outcome: None }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+            metrics::gauge!(names::POLLS_IN_FLIGHT).decrement(1.0);
+            metrics::counter!(names::POLL_OUTCOMES, "outcome" => outcome).increment(1);
+        }
+    }
+}
+
+impl Drop for PollTracker {
+    fn drop(&mut self) {
+        self.finish("disconnected");
+    }
+}
+
+/// The fields of an event needed to notice that a chat message reached its receiver.
+#[derive(Deserialize)]
+struct Peek {
+    event: String,
+    timestamp: f64,
+    data: PeekData,
+}
+
+#[derive(Deserialize)]
+struct PeekData {
+    id: Option<i64>,
+    receiver_id: Option<i64>,
+}
+
+/// `{"events":[...],"timestamp":...}` built from the raw event bodies, acknowledging them once sent.
+fn poll_response(
+    state: AppState,
+    user_id: i64,
+    lease: Lease,
+    gap: Option<crate::db::entities::gap::Model>,
+    mut tracker: PollTracker,
+) -> Response {
+    let now = unix_now();
+    let resync = gap
+        .as_ref()
+        .map(|g| crate::gaps::resync_event(g).to_bytes());
+    let mut body = Vec::with_capacity(64 + lease.payloads().map(<[u8]>::len).sum::<usize>());
+    let mut delivered = Vec::new();
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, p) in resync
+        .iter()
+        .map(Vec::as_slice)
+        .chain(lease.payloads())
+        .enumerate()
+    {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(p);
+        let Ok(peek) = serde_json::from_slice::<Peek>(p) else {
+            continue;
+        };
+        metrics::histogram!(names::DELIVERY_LATENCY).record((now - peek.timestamp).max(0.0));
+        if peek.event == kind::MESSAGE
+            && peek.data.receiver_id == Some(user_id)
+            && let Some(id) = peek.data.id
+        {
+            delivered.push(id);
+        }
+    }
+    body.extend_from_slice(format!("],\"timestamp\":{}}}", unix_now()).as_bytes());
+    let response_body = if lease.is_empty() && gap.is_none() {
+        Body::from(body)
+    } else {
+        // The second stream item runs after hyper wrote the first one: only then are the events acked
+        // and the messages marked delivered. If the connection drops before, the stream (and the lease)
+        // is dropped: the events stay queued.
+        // No Content-Length on purpose: with one, hyper stops polling the body after the last byte and
+        // the acknowledging item would never run (chunked encoding makes it poll to the end).
+        let ack = stream::once(async move {
+            lease.handed_over().await;
+            tracker.finish("events");
+            if let Some(gap) = gap
+                && let Err(e) = crate::db::gaps::clear(&state.db, &gap).await
+            {
+                tracing::warn!(error = %e, "could not clear an announced gap; it will be announced again");
+            }
+            if !delivered.is_empty() {
+                tokio::spawn(async move {
+                    if let Err(e) = chat::delivered(&state, user_id, &delivered).await {
+                        tracing::warn!(error = %e, "could not record delivery");
+                    }
+                });
+            }
+        })
+        .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
+        Body::from_stream(stream::once(async move { Ok(Bytes::from(body)) }).chain(ack))
+    };
+    let mut resp = response_body.into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A client registration.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Choose the id (for example one per browser tab, kept in sessionStorage); a random one otherwise.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    client_id: Option<String>,
+}
+
+/// A registered client.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    pub client_id: String,
+    pub user_id: i64,
+    /// The RabbitMQ queue behind this client's postbox (for operators).
+    pub queue: String,
+}
+
+/// Register a client (tab or device) with its own postbox.
+///
+/// Afterwards poll with `?client_id=...`: this client then receives every event of the user, whatever
+/// other clients do. Registering is optional (the first poll with a new `client_id` registers it) and
+/// idempotent. A user has at most 10 clients by default; one more evicts the least recently seen.
+#[utoipa::path(
+    post,
+    path = "/poll/register/",
+    tag = "poll",
+    request_body(content = Option<RegisterBody>, description = "Optional; `{}` or no body picks a random id"),
+    responses(
+        (status = 201, description = "Registered", body = Registered),
+        (status = 400, description = "Invalid client_id or body", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "Database or broker unavailable; retry", body = ErrorBody),
+    ),
+    security(("token" = []), ("token_query" = []))
+)]
+async fn register(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Registered>), AppError> {
+    let body: RegisterBody = if body.is_empty() {
+        RegisterBody::default()
+    } else {
+        parse_json::<Option<RegisterBody>>(&body)?.unwrap_or_default()
+    };
+    let client_id = body
+        .client_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let (postbox, _) = state.clients.register(&state, user.id, &client_id).await?;
+    // Create the queue now, so events from this moment on are kept for the client.
+    state.broker.declare_postbox(&postbox).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Registered {
+            queue: state.broker.topology().queue(&postbox),
+            client_id,
+            user_id: user.id,
+        }),
+    ))
+}
+
+/// The seed's test answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestResponse {
+    /// Always `ok`.
+    pub status: String,
+    pub message: String,
+    pub timestamp: f64,
+}
+
+/// Check that long polling is reachable (no authentication).
+#[utoipa::path(
+    get,
+    path = "/poll/test/",
+    tag = "poll",
+    responses((status = 200, description = "The service answers", body = TestResponse))
+)]
+async fn test() -> axum::Json<TestResponse> {
+    axum::Json(TestResponse {
+        status: "ok".into(),
+        message: "Long polling is working".into(),
+        timestamp: unix_now(),
+    })
+}
+
+/// The disconnect answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisconnectResponse {
+    /// Always `disconnected`.
+    pub status: String,
+    pub user_id: i64,
+}
+
+/// Mark the caller offline now (on page unload), instead of after the online window.
+#[utoipa::path(
+    post,
+    path = "/poll/disconnect/",
+    tag = "poll",
+    responses(
+        (status = 200, description = "The caller is offline", body = DisconnectResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security(("token" = []), ("token_query" = []))
+)]
+async fn disconnect(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<axum::Json<DisconnectResponse>, AppError> {
+    state
+        .presence
+        .offline(&state.db, &state.broker, user.id)
+        .await?;
+    let hub = state.broker.hub();
+    hub.release(&state.broker.topology().user_queue(user.id));
+    Ok(axum::Json(DisconnectResponse {
+        status: "disconnected".into(),
+        user_id: user.id,
+    }))
+}

@@ -1,0 +1,307 @@
+//! `/api/v1/communication/sse/...`: Server-Sent Events over the same postboxes and event ids as the
+//! long poll (seed 002's `/sse/events/`).
+//!
+//! The stream starts with a `connected` record, then sends each event as `id:` + `event:` + `data:` (the
+//! event's `data` as JSON), and a `heartbeat` record when nothing happened for the heartbeat interval.
+//! Delivery follows the cursor rule of the long poll: a batch written to the stream is parked in flight
+//! and confirmed when the stream moves on; a reconnect with `Last-Event-ID` (or `?last_event_id=`)
+//! confirms up to that id and sends the rest again with the same ids. A stream cut while a batch is being
+//! written leaves that batch in the postbox. Streams end after `POSTBOX_SSE_MAX_DURATION`; browsers
+//! reconnect by themselves, with `Last-Event-ID`.
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::{AuthUser, TokenHash},
+    broker::{Postbox, postbox::Lease},
+    control::WaitingGuard,
+    error::{AppError, ErrorBody},
+    events::{Event, unix_now},
+    http::docs::literal_schema,
+    state::AppState,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(test))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SseParams {
+    /// Stream this client's own postbox (registered on first use) instead of the user's shared one.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    client_id: Option<String>,
+    /// Resume after this event id (what the `Last-Event-ID` header carries on automatic reconnects).
+    #[param(max_length = 64)]
+    last_event_id: Option<String>,
+}
+
+/// One record of the stream, as the API document describes it.
+pub struct SseEvent;
+
+literal_schema!(
+    SseEvent,
+    "SseEvent",
+    serde_json::json!({
+        "type": "object",
+        "description": "One Server-Sent Events record: `event` is the type (`connected`, `heartbeat`, `message`, \
+    `typing`, ...), `data` the JSON of the event's data, `id` the event id (absent on `connected` and `heartbeat`)",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+            "id": {"type": "string"}
+        }
+    })
+);
+
+/// One SSE record.
+fn record(id: Option<&str>, event: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + 64);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    // JSON never contains a raw newline, so one `data:` line is enough.
+    out.push_str("data: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+/// The SSE records of a batch of events (envelopes as stored in the postbox).
+fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
+    let mut out = Vec::new();
+    let mut last = None;
+    for p in payloads {
+        match serde_json::from_slice::<Event>(&p) {
+            Ok(e) => {
+                out.extend_from_slice(&record(Some(&e.id), &e.event, &e.data.to_string()));
+                last = Some(e.id);
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping an event that is not an envelope"),
+        }
+    }
+    (Bytes::from(out), last)
+}
+
+/// Stream events (Server-Sent Events).
+///
+/// `connected` first, then every event as an SSE record (`id`, `event`, `data`), and `heartbeat` records
+/// when idle. Resume with `Last-Event-ID` (automatic in browsers) or `?last_event_id=`: nothing is lost,
+/// unconfirmed events come again with the same ids. The stream ends after a while (5 minutes by
+/// default); reconnect. Authenticate with `?token=` (EventSource cannot set headers) or the header.
+#[utoipa::path(
+    get,
+    path = "/sse/events/",
+    tag = "poll",
+    params(SseParams, ("Last-Event-ID" = Option<String>, Header, description = "The last event id received")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "Invalid client_id or last_event_id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
+    ),
+    security(("token" = []), ("token_query" = []))
+)]
+async fn events(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    TokenHash(token_hash): TokenHash,
+    headers: HeaderMap,
+    crate::http::extract::Query(params): crate::http::extract::Query<SseParams>,
+) -> Result<Response, AppError> {
+    if params.last_event_id.as_ref().is_some_and(|c| c.len() > 64) {
+        return Err(AppError::field(
+            "last_event_id",
+            "is longer than 64 characters",
+        ));
+    }
+    let header_cursor = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let cursor = header_cursor
+        .or(params.last_event_id)
+        .filter(|c| !c.is_empty());
+    if cursor.as_ref().is_some_and(|c| c.len() > 64) {
+        return Err(AppError::field(
+            "last_event_id",
+            "is longer than 64 characters",
+        ));
+    }
+    let crate::clients::Opened { postbox, gap } =
+        crate::clients::open(&state, &user, params.client_id.as_deref()).await?;
+    let waiting = state.waiting.register(&token_hash);
+    let connected = record(
+        None,
+        "connected",
+        &json!({
+            "user_id": user.id,
+            "client_id": params.client_id,
+            "heartbeat": state.config.sse_heartbeat_secs,
+            "timestamp": unix_now(),
+        })
+        .to_string(),
+    );
+    let resync = gap.as_ref().map(|g| {
+        let e = crate::gaps::resync_event(g);
+        record(Some(&e.id), &e.event, &e.data.to_string())
+    });
+    let stream_state = Stream {
+        ends_at: tokio::time::Instant::now() + state.config.sse_max_duration(),
+        state,
+        user,
+        postbox,
+        cursor,
+        pending: None,
+        first: Some(connected),
+        resync,
+        gap,
+        waiting,
+    };
+    let body = Body::from_stream(stream::unfold(stream_state, next_record));
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+struct Stream {
+    state: AppState,
+    user: crate::db::entities::user::Model,
+    postbox: Postbox,
+    /// The last event id the client has (from `Last-Event-ID`, then the last one written).
+    cursor: Option<String>,
+    /// The batch written last: confirmed when the stream asks for the next record.
+    pending: Option<Lease>,
+    first: Option<Bytes>,
+    resync: Option<Bytes>,
+    gap: Option<crate::db::entities::gap::Model>,
+    waiting: WaitingGuard,
+    ends_at: tokio::time::Instant,
+}
+
+/// Produces the stream's next record; `None` ends it.
+async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, Stream)> {
+    if let Some(first) = s.first.take() {
+        return Some((Ok(first), s));
+    }
+    // hyper asked for more: what was written before reached the connection.
+    if let Some(lease) = s.pending.take() {
+        lease.handed_over().await;
+    }
+    if let Some(resync) = s.resync.take() {
+        if let Some(gap) = s.gap.take()
+            && let Err(e) = crate::db::gaps::clear(&s.state.db, &gap).await
+        {
+            tracing::warn!(error = %e, "could not clear an announced gap");
+        }
+        return Some((Ok(resync), s));
+    }
+    let now = tokio::time::Instant::now();
+    if now >= s.ends_at
+        || s.state.broker.hub().is_shutting_down()
+        || s.waiting.revoked.is_cancelled()
+    {
+        return None;
+    }
+    if let Err(e) = s
+        .state
+        .presence
+        .seen(&s.state.db, &s.state.broker, &s.user)
+        .await
+    {
+        tracing::warn!(error = %e, "could not record presence");
+    }
+    let heartbeat = Duration::from_secs_f64(s.state.config.sse_heartbeat_secs);
+    let deadline = (now + heartbeat).min(s.ends_at);
+    let max = s.state.config.queue_max_length as usize;
+    let wait = s
+        .state
+        .broker
+        .hub()
+        .wait(&s.postbox, deadline, max, Some(s.cursor.as_deref()));
+    let lease = tokio::select! {
+        r = wait => r,
+        () = s.waiting.revoked.cancelled() => return None,
+    };
+    match lease {
+        Ok(lease) if lease.is_empty() => {
+            let beat = record(
+                None,
+                "heartbeat",
+                &json!({"timestamp": unix_now()}).to_string(),
+            );
+            Some((Ok(beat), s))
+        }
+        Ok(lease) => {
+            let (bytes, last) = records(lease.payloads().map(<[u8]>::to_vec));
+            if let Some(last) = last {
+                s.cursor = Some(last);
+            }
+            s.pending = Some(lease);
+            Some((Ok(bytes), s))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "SSE stream ends: the broker is unavailable");
+            None
+        }
+    }
+}
+
+/// Check that the event stream works (no authentication): `connected`, three `test` events, end.
+#[utoipa::path(
+    get,
+    path = "/sse/test/",
+    tag = "poll",
+    responses((status = 200, description = "A short test stream", content_type = "text/event-stream", body = SseEvent))
+)]
+async fn test() -> Response {
+    let records = stream::unfold(0u32, |n| async move {
+        match n {
+            0 => Some((
+                Ok::<_, std::io::Error>(record(None, "connected", r#"{"status":"ok"}"#)),
+                1,
+            )),
+            1..=3 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let data = json!({"n": n, "message": "SSE is working", "timestamp": unix_now()})
+                    .to_string();
+                Some((Ok(record(Some(&n.to_string()), "test", &data)), n + 1))
+            }
+            _ => None,
+        }
+    });
+    let mut resp = Body::from_stream(records).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

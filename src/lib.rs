@@ -1,0 +1,139 @@
+//! Postbox: real-time chat over plain HTTP, with a durable RabbitMQ postbox per user.
+//!
+//! [`run`] is the whole service: it connects the database (and migrates it) and the broker, starts the
+//! background tasks, serves HTTP on the given listener until `shutdown` is cancelled, then answers the
+//! waiting polls, drains, and closes everything. `main.rs` only parses the command line ([`cli`]).
+
+pub mod accounts;
+pub mod attachments;
+pub mod auth;
+pub mod broker;
+pub mod chat;
+pub mod cli;
+pub mod clients;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod gaps;
+pub mod http;
+pub mod outbox;
+pub mod presence;
+pub mod ratelimit;
+pub mod state;
+pub mod telemetry;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{Broker, BrokerError},
+    config::{Config, ConfigError},
+    db::DbError,
+    outbox::Outbox,
+    presence::Presence,
+    state::AppState,
+};
+
+/// Why the service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connects everything and builds the shared state (used by [`run`] and by tools that need the state).
+pub async fn connect(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(AppState, outbox::OutboxDone), RunError> {
+    config.validate()?;
+    let db = db::connect(&config.database_url, config.backend_timeout()).await?;
+    db::migrate(&db).await?;
+    let broker = Broker::connect(&config, shutdown).await?;
+    let (outbox, done) = Outbox::new(db.clone(), broker.clone());
+    let state = AppState {
+        presence: Presence::new(config.online_window()),
+        clients: clients::Clients::default(),
+        typing_limit: ratelimit::RateLimiter::new(config.typing_rate),
+        send_limit: ratelimit::RateLimiter::new(config.send_rate),
+        waiting: control::Waiting::default(),
+        attachments: Arc::new(attachments::DiskStore::new(&config.data_dir)),
+        config: Arc::new(config),
+        db,
+        broker,
+        outbox,
+    };
+    Ok((state, done))
+}
+
+/// Runs the service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    if config.queue_expires_secs < 2 * config.message_ttl_secs {
+        tracing::warn!(
+            queue_expires = config.queue_expires_secs,
+            message_ttl = config.message_ttl_secs,
+            "POSTBOX_QUEUE_EXPIRES is below twice POSTBOX_MESSAGE_TTL: an idle postbox may be deleted with unexpired events in it"
+        );
+    }
+    let (state, done) = connect(config, shutdown.clone()).await?;
+    let relay_after = state.config.backend_timeout() * 2;
+    let outbox_task = tokio::spawn(
+        state
+            .outbox
+            .clone()
+            .run(done, shutdown.clone(), relay_after),
+    );
+    let control = tokio::spawn(control::run(
+        state.broker.clone(),
+        state.waiting.clone(),
+        shutdown.clone(),
+    ));
+    let dead_letters = tokio::spawn(gaps::run_dead_letter_consumer(
+        state.db.clone(),
+        state.broker.clone(),
+        shutdown.clone(),
+    ));
+    let sweeper = tokio::spawn(Presence::run_sweeper(
+        state.db.clone(),
+        state.broker.clone(),
+        shutdown.clone(),
+        (state.config.online_window() / 10).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+    ));
+    tracing::info!(addr = %listener.local_addr()?, "postbox listening");
+    let app = http::router(state.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    // Waiting polls were answered when `shutdown` fired (the hub watches it); now stop the rest.
+    shutdown.cancel();
+    if let Err(e) = outbox_task.await {
+        tracing::warn!(error = %e, "outbox task ended abnormally");
+    }
+    if let Err(e) = control.await {
+        tracing::warn!(error = %e, "control listener ended abnormally");
+    }
+    if let Err(e) = dead_letters.await {
+        tracing::warn!(error = %e, "dead-letter consumer ended abnormally");
+    }
+    if let Err(e) = sweeper.await {
+        tracing::warn!(error = %e, "presence sweeper ended abnormally");
+    }
+    state.broker.close().await;
+    state.db.clone().close().await.ok();
+    tracing::info!("postbox stopped");
+    served.map_err(RunError::from)
+}

@@ -1,0 +1,123 @@
+//! Publishing stored events without ever losing one: the transactional outbox.
+//!
+//! Data and the event announcing it are committed together (`db::chat::insert_outbox`). After the commit
+//! the request publishes the event at once ([`Outbox::publish`]); when RabbitMQ confirms it, the outbox row
+//! is deleted (in batches, off the request path). If the publish fails, or the process dies before it,
+//! the row stays and the relay ([`Outbox::run`]) publishes it again later, with the same event id, so
+//! clients can drop the rare duplicate. An event is never published for data that was not committed.
+
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{Broker, BrokerError},
+    db::{self, chat::PendingEvent},
+};
+
+/// Confirmed outbox ids waiting for their batched delete.
+const DONE_QUEUE: usize = 65_536;
+
+#[derive(Clone)]
+pub struct Outbox {
+    db: DatabaseConnection,
+    broker: Broker,
+    done: mpsc::Sender<i64>,
+}
+
+/// The receiving half of the confirmed-ids queue, consumed by [`Outbox::run`].
+pub struct OutboxDone(mpsc::Receiver<i64>);
+
+impl Outbox {
+    pub fn new(db: DatabaseConnection, broker: Broker) -> (Self, OutboxDone) {
+        let (done, rx) = mpsc::channel(DONE_QUEUE);
+        (Outbox { db, broker, done }, OutboxDone(rx))
+    }
+
+    /// Publishes a committed event now. On failure the event stays in the outbox for the relay.
+    pub async fn publish(&self, event: &PendingEvent) -> Result<(), BrokerError> {
+        self.send(&event.routing_key, &event.payload).await?;
+        if self.done.try_send(event.outbox_id).is_err() {
+            // The delete queue is full (database slow): delete inline rather than grow without bound.
+            if let Err(e) = db::chat::delete_outbox(&self.db, &[event.outbox_id]).await {
+                tracing::warn!(error = %e, "could not delete a published outbox row; it will be published again");
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, routing_key: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        match routing_key
+            .strip_prefix("user.")
+            .and_then(|id| id.parse::<i64>().ok())
+        {
+            Some(user_id) => self.broker.publish_to_user(user_id, payload).await,
+            None => self.broker.publish(routing_key, payload).await,
+        }
+    }
+
+    /// Deletes confirmed rows in batches and republishes rows left behind, until `shutdown`.
+    pub async fn run(
+        self,
+        mut done: OutboxDone,
+        shutdown: CancellationToken,
+        relay_after: Duration,
+    ) {
+        let mut batch = Vec::with_capacity(512);
+        let mut relay = tokio::time::interval(relay_after.max(Duration::from_secs(1)) / 2);
+        loop {
+            tokio::select! {
+                n = done.0.recv_many(&mut batch, 512) => {
+                    if n == 0 { break; }
+                    if let Err(e) = db::chat::delete_outbox(&self.db, &batch).await {
+                        tracing::warn!(error = %e, rows = batch.len(), "could not delete published outbox rows; they will be published again");
+                    }
+                    batch.clear();
+                }
+                _ = relay.tick() => self.relay(relay_after).await,
+                _ = shutdown.cancelled() => {
+                    done.0.close();
+                    while done.0.recv_many(&mut batch, 512).await > 0 {
+                        let _ = db::chat::delete_outbox(&self.db, &batch).await;
+                        batch.clear();
+                    }
+                    break;
+                }
+            }
+        }
+        tracing::debug!("outbox relay stopped");
+    }
+
+    async fn relay(&self, min_age: Duration) {
+        let age = chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::seconds(10));
+        let rows = match db::chat::stale_outbox(&self.db, age, 500).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay cannot read the outbox");
+                return;
+            }
+        };
+        let mut published = Vec::new();
+        for row in rows {
+            match self.send(&row.routing_key, row.payload.as_bytes()).await {
+                Ok(()) => published.push(row.id),
+                Err(e) => {
+                    tracing::warn!(error = %e, outbox_id = row.id, "outbox relay could not publish; will retry");
+                    let _ = db::chat::bump_outbox_attempts(&self.db, row.id).await;
+                    break;
+                }
+            }
+        }
+        if !published.is_empty() {
+            tracing::info!(
+                events = published.len(),
+                "outbox relay published events left behind"
+            );
+            if let Err(e) = db::chat::delete_outbox(&self.db, &published).await {
+                tracing::warn!(error = %e, "could not delete relayed outbox rows");
+            }
+        }
+    }
+}

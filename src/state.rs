@@ -1,0 +1,28 @@
+//! The state every request handler shares.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    attachments::AttachmentStore, broker::Broker, clients::Clients, config::Config, outbox::Outbox,
+    presence::Presence, ratelimit::RateLimiter,
+};
+
+/// Database, broker and configuration, cloned into every handler (all fields are cheap handles).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub broker: Broker,
+    pub config: Arc<Config>,
+    pub outbox: Outbox,
+    pub presence: Presence,
+    pub clients: Clients,
+    /// Typing events per sender.
+    pub typing_limit: RateLimiter,
+    /// Messages per sender.
+    pub send_limit: RateLimiter,
+    /// Polls waiting now, by token digest, so a revoked token ends them at once.
+    pub waiting: crate::control::Waiting,
+    pub attachments: Arc<dyn AttachmentStore>,
+}

@@ -1,0 +1,68 @@
+//! Logging: `tracing` with an `EnvFilter` (`RUST_LOG`, default `postbox=info,tower_http=warn`), as text or
+//! JSON lines. Initialised once per process; later calls are no-ops (tests call it per app).
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("postbox=info,tower_http=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    // Logs go to stderr: stdout stays free for command output (`create-user`, `check-rabbitmq --json`).
+    let _ = if json {
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+    } else {
+        registry
+            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .try_init()
+    };
+}
+
+/// Prometheus metrics, recorded through the `metrics` facade and rendered at `/metrics`. Names:
+pub mod names {
+    /// Counter: HTTP requests, by `method`, `route` (the matched route template) and `status`.
+    pub const HTTP_REQUESTS: &str = "postbox_http_requests_total";
+    /// Histogram: HTTP request duration in seconds, by `method` and `route`.
+    pub const HTTP_DURATION: &str = "postbox_http_request_duration_seconds";
+    /// Counter: events RabbitMQ confirmed.
+    pub const EVENTS_PUBLISHED: &str = "postbox_events_published_total";
+    /// Counter: publishes that failed, by `reason`.
+    pub const PUBLISH_FAILURES: &str = "postbox_publish_failures_total";
+    /// Gauge: long polls waiting or answering now.
+    pub const POLLS_IN_FLIGHT: &str = "postbox_polls_in_flight";
+    /// Counter: finished polls by `outcome`: `events`, `timeout`, `disconnected`, `error`, `revoked`.
+    pub const POLL_OUTCOMES: &str = "postbox_poll_outcomes_total";
+    /// Histogram: seconds from an event's creation to its hand-over to a client.
+    pub const DELIVERY_LATENCY: &str = "postbox_delivery_latency_seconds";
+    /// Counter: publishing-path postbox checks, by `result`: `hit` (cached, no declare) or `miss`.
+    pub const DECLARE_CACHE: &str = "postbox_queue_declare_cache_total";
+}
+
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// The process's Prometheus recorder (installed on first use; one per process, shared by every app a
+/// test process starts).
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    METRICS.get_or_init(|| {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let latency = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+            .expect("bucket list is not empty");
+        match builder.install_recorder() {
+            Ok(handle) => handle,
+            // Another recorder is installed: render an empty registry rather than fail.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    })
+}

@@ -1,0 +1,137 @@
+//! The postbox queues: arguments, limits, and no silent loss when a cached queue vanished.
+
+use std::collections::BTreeMap;
+
+use lapin::{
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn a_full_postbox_keeps_the_newest_100_events() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    for i in 1..=150 {
+        app.send_ok(&alice, bob.id, &format!("m{i}")).await;
+    }
+    assert_eq!(app.queue_depth(&app.queue_name(&bob)).await, Some(100));
+    // The 50 dropped events were dead-lettered and recorded as bob's gap.
+    crate::helpers::wait_for_gap(&app, &app.queue_name(&bob), 50).await;
+
+    let events = app.collect_events(&bob, 101, 3).await;
+    assert_eq!(events.len(), 101);
+    // First, the explicit signal: 50 lost, dropped for length.
+    assert_eq!(events[0]["event"], "resync");
+    assert_eq!(events[0]["data"]["reason"], "maxlen");
+    assert_eq!(events[0]["data"]["lost"], 50);
+    assert!(events[0]["data"]["since"].as_f64().is_some());
+    assert_eq!(
+        events[1]["data"]["message"], "m51",
+        "the oldest 50 were dropped"
+    );
+    assert_eq!(events[100]["data"]["message"], "m150");
+    // Announced once.
+    let later = app.collect_events(&bob, 1, 1).await;
+    assert!(later.iter().all(|e| e["event"] != "resync"));
+}
+
+#[tokio::test]
+async fn postbox_is_declared_with_the_configured_arguments() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    app.send_ok(&alice, bob.id, "hi").await;
+    let queue = app.queue_name(&bob);
+    let conn = app.amqp().await;
+
+    // Re-declaring with exactly these arguments succeeds; any other value fails with 406.
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(100));
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1_800_000));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("drop-head")),
+    );
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(format!(
+            "{}.deadletter",
+            app.config.broker_prefix
+        ))),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(queue.clone().into(), durable, args.clone())
+        .await
+        .expect("same arguments are accepted");
+
+    let mut other = args.clone();
+    other.insert("x-max-length".into(), AMQPValue::LongLongInt(99));
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .queue_declare(queue.clone().into(), durable, other)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("PRECONDITION_FAILED") || err.to_string().contains("406"),
+        "{err}"
+    );
+    let _ = conn.close(200, "OK".into()).await;
+
+    // The same facts, from the service's own topology.
+    let topology = postbox::broker::Topology::from_config(&app.config);
+    let expected: BTreeMap<_, _> = topology.expected_arguments().into_iter().collect();
+    assert_eq!(expected["x-max-length"], "100");
+    assert_eq!(expected["x-message-ttl"], "1800000");
+    assert_eq!(expected["x-overflow"], "drop-head");
+}
+
+#[tokio::test]
+async fn a_deleted_cached_postbox_does_not_swallow_events() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    app.send_ok(&alice, bob.id, "first").await; // declares and caches bob's postbox
+    let queue = app.queue_name(&bob);
+    app.delete_queue(&queue).await; // an operator (or x-expires) removes it
+    assert_eq!(app.queue_depth(&queue).await, None);
+
+    app.send_ok(&alice, bob.id, "second").await;
+    assert_eq!(
+        app.queue_depth(&queue).await,
+        Some(1),
+        "the returned event was published again"
+    );
+    let events = app.collect_events(&bob, 1, 2).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["message"], "second");
+}
+
+#[tokio::test]
+async fn events_are_persistent_messages() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    app.send_ok(&alice, bob.id, "durable").await;
+    let conn = app.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    let got = ch
+        .basic_get(
+            app.queue_name(&bob).into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+        .expect("the event is in the postbox");
+    assert_eq!(got.delivery.properties.delivery_mode(), &Some(2));
+    let body: serde_json::Value = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(body["event"], "message");
+    let _ = conn.close(200, "OK".into()).await; // unacked: requeued
+}

@@ -1,0 +1,18 @@
+//! Integration tests: the real service against the real RabbitMQ and a real database (one binary).
+
+mod admin;
+mod attachments;
+mod auth;
+mod broker;
+mod chats;
+mod cli;
+mod contract;
+mod conversation;
+mod delivery;
+mod faults;
+mod helpers;
+mod openapi;
+mod ops;
+mod poll;
+mod sse;
+mod tokens;

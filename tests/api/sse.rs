@@ -1,0 +1,194 @@
+//! Server-Sent Events: `connected` first, events with ids in order, heartbeats, and resuming from
+//! `Last-Event-ID` after a forced disconnect with nothing lost.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+
+use crate::helpers::{TestApp, TestUser, spawn_app_with};
+
+/// One parsed SSE record.
+#[derive(Debug, Clone)]
+struct Record {
+    id: Option<String>,
+    event: String,
+    data: serde_json::Value,
+}
+
+/// Reads records from an open stream until `n` records arrived or `timeout` passed.
+async fn read(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buf: &mut String,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        while let Some(end) = buf.find("\n\n") {
+            let raw: String = buf.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (None, String::new(), String::new());
+            for line in raw.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = v.to_owned();
+                }
+            }
+            out.push(Record {
+                id,
+                event,
+                data: serde_json::from_str(&data).unwrap_or_default(),
+            });
+            if out.len() >= n {
+                return out;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+    }
+    out
+}
+
+async fn open(app: &TestApp, user: &TestUser, last: Option<&str>) -> reqwest::Response {
+    let mut req = app.client.get(app.url(&format!(
+        "/api/v1/communication/sse/events/?token={}&client_id=sse",
+        user.token
+    )));
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    resp
+}
+
+#[tokio::test]
+async fn sse_streams_events_in_order_with_heartbeats_and_resumes_without_loss() {
+    let app = spawn_app_with(|c| {
+        c.sse_heartbeat_secs = 0.3;
+        c.sse_max_duration_secs = 60.0;
+    })
+    .await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+
+    let mut stream = open(&app, &bob, None).await.bytes_stream();
+    let mut buf = String::new();
+    let first = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+    assert_eq!(first[0].event, "connected");
+    assert_eq!(first[0].data["user_id"], bob.id);
+    // Idle: heartbeats.
+    let beats = read(&mut stream, &mut buf, 2, Duration::from_secs(5)).await;
+    assert!(beats.iter().all(|r| r.event == "heartbeat"), "{beats:?}");
+
+    for i in 0..3 {
+        app.send_ok(&alice, bob.id, &format!("s{i}")).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let recs = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+        assert!(!recs.is_empty(), "the stream stalled");
+        got.extend(recs.into_iter().filter(|r| r.event == "message"));
+    }
+    let texts: Vec<_> = got
+        .iter()
+        .map(|r| r.data["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["s0", "s1", "s2"]);
+    assert!(
+        got.iter()
+            .all(|r| r.id.as_ref().is_some_and(|id| id.len() == 36))
+    );
+    let last_seen = got[2].id.clone().unwrap();
+
+    // A forced disconnect; meanwhile two more messages are sent.
+    drop(stream);
+    for i in 3..5 {
+        app.send_ok(&alice, bob.id, &format!("s{i}")).await;
+    }
+    // Resume from Last-Event-ID: nothing lost; anything repeated keeps its id.
+    let mut stream = open(&app, &bob, Some(&last_seen)).await.bytes_stream();
+    let mut buf = String::new();
+    let mut resumed = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while resumed.len() < 2 && tokio::time::Instant::now() < deadline {
+        let recs = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+        resumed.extend(recs.into_iter().filter(|r| r.event == "message"));
+    }
+    let texts: Vec<_> = resumed
+        .iter()
+        .map(|r| r.data["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        ["s3", "s4"],
+        "resumed after s2 with nothing lost or repeated"
+    );
+
+    // The same events through the long poll of another client are the same events (same ids).
+    let polled = app.poll_events(&bob).await;
+    assert!(polled.iter().any(|e| e["data"]["message"] == "s0"));
+}
+
+#[tokio::test]
+async fn sse_test_stream_and_errors() {
+    let app = spawn_app_with(|_| {}).await;
+    let resp = app
+        .client
+        .get(app.url("/api/v1/communication/sse/test/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("event: connected"));
+    assert_eq!(text.matches("event: test").count(), 3);
+    let resp = app
+        .client
+        .get(app.url("/api/v1/communication/sse/events/"))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(resp, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn sse_validates_both_cursors() {
+    let app = spawn_app_with(|c| c.sse_max_duration_secs = 1.0).await;
+    let bob = app.member("bob").await;
+    let long = "x".repeat(65);
+    let resp = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/communication/sse/events/?token={}&last_event_id={long}",
+            bob.token
+        )))
+        .header("Last-Event-ID", "fine")
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(resp, StatusCode::BAD_REQUEST).await;
+    let resp = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/communication/sse/events/?token={}",
+            bob.token
+        )))
+        .header("Last-Event-ID", long.as_str())
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(resp, StatusCode::BAD_REQUEST).await;
+}

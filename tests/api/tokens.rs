@@ -1,0 +1,151 @@
+//! Token lifecycle: expiry, revocation (a waiting poll ends at once with 401), and the CLI to list,
+//! create and revoke tokens.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{assert_error, spawn_app};
+
+fn postbox(app: &crate::helpers::TestApp, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_postbox"))
+        .args(args)
+        .env("DATABASE_URL", &app.config.database_url)
+        .env("AMQP_URL", &app.config.amqp_url)
+        .env("POSTBOX_BROKER_PREFIX", &app.config.broker_prefix)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn revoking_a_token_ends_its_waiting_poll_at_once() {
+    let app = crate::helpers::spawn_app_with(|c| c.poll_timeout_secs = 20.0).await;
+    let bob = app.member("bob").await;
+    let poll = {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/api/v1/communication/poll/events/"),
+            bob.token.clone(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = client
+                .get(url)
+                .header("Authorization", format!("Token {token}"))
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), resp)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = postbox(&app, &["tokens", "revoke", "--username", "bob"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["revoked"], 1);
+    assert_eq!(report["running_instances_notified"], true);
+    let (elapsed, resp) = poll.await.unwrap();
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the poll was held {elapsed:?} (deadline 20 s)"
+    );
+    let body = assert_error(resp, StatusCode::UNAUTHORIZED).await;
+    assert!(body["detail"].as_str().unwrap().contains("revoked"));
+    // Every later request with it is refused too.
+    assert_error(app.poll(&bob).await, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn tokens_are_listed_created_with_expiry_and_revoked_one_by_one() {
+    let app = spawn_app().await;
+    let bob = app.member("bob").await;
+    let out = postbox(
+        &app,
+        &[
+            "tokens",
+            "create",
+            "--username",
+            "bob",
+            "--expires-in-days",
+            "30",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let second = created["token"].as_str().unwrap().to_owned();
+    assert!(created["expires_at"].is_string());
+    let r = app
+        .client
+        .post(app.url("/api/v1/communication/poll/disconnect/"))
+        .header("Authorization", format!("Token {second}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let out = postbox(&app, &["tokens", "list", "--username", "bob"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(list.to_string().contains("\"live\""));
+    assert!(!list.to_string().contains(&second), "keys are never listed");
+
+    // Revoke only the second one: the first still works.
+    let id = created["id"].as_i64().unwrap().to_string();
+    let out = postbox(
+        &app,
+        &["tokens", "revoke", "--username", "bob", "--id", &id],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let r = app
+        .client
+        .post(app.url("/api/v1/communication/poll/disconnect/"))
+        .header("Authorization", format!("Token {second}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED).await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/communication/poll/disconnect/"))
+        .header("Authorization", format!("Token {}", bob.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let out = postbox(&app, &["tokens", "list", "--username", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let app = spawn_app().await;
+    let bob = app.member("bob").await;
+    let secret = postbox::auth::TokenSecret::generate();
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    postbox::db::users::insert_token(&app.db, bob.id, secret.key_hash, secret.prefix, Some(past))
+        .await
+        .unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/v1/communication/poll/disconnect/"))
+        .header("Authorization", format!("Token {}", secret.key))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED).await;
+}
