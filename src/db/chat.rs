@@ -3,7 +3,7 @@
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
-    QueryFilter, Set, TransactionTrait, sea_query::Expr,
+    QueryFilter, Set, sea_query::Expr,
 };
 
 use super::{
@@ -33,7 +33,7 @@ pub async fn store_message(
     attachment: Option<(String, String)>,
     event_for: impl FnOnce(&chat_message::Model) -> (Vec<String>, Vec<u8>),
 ) -> Result<(chat_message::Model, Vec<PendingEvent>), DbError> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let conv = conversation_for(&txn, sender_id, receiver_id).await?;
     let now = Utc::now();
     let msg = chat_message::ActiveModel {
@@ -359,7 +359,7 @@ pub async fn mark_read(
     events_for: impl FnOnce(&[chat_message::Model]) -> (Vec<String>, Vec<u8>),
 ) -> Result<(Vec<chat_message::Model>, Vec<PendingEvent>), DbError> {
     use sea_orm::QueryOrder;
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let mut query = chat_message::Entity::find()
         .filter(chat_message::Column::ConversationId.eq(conv.id))
         .filter(chat_message::Column::ReceiverId.eq(reader_id))

@@ -3,7 +3,7 @@
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait, sea_query::Expr,
+    sea_query::Expr,
 };
 
 use super::{DbError, entities::client};
@@ -17,7 +17,7 @@ pub async fn register(
     cap: usize,
 ) -> Result<(bool, Vec<String>), DbError> {
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let updated = client::Entity::update_many()
         .col_expr(client::Column::LastSeenAt, Expr::value(now))
         .filter(client::Column::UserId.eq(user_id))

@@ -1,7 +1,7 @@
 //! Recorded gaps per postbox queue (see `crate::gaps`).
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set, TransactionTrait};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};
 
 use super::{DbError, entities::gap};
 
@@ -14,7 +14,7 @@ pub async fn record(
     since: Option<f64>,
     reason: &str,
 ) -> Result<(), DbError> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let now = Utc::now();
     match gap::Entity::find_by_id(queue.to_owned()).one(&txn).await? {
         Some(g) => {

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
-    SqlErr, Statement, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
 
 use crate::config::redact_url;
@@ -53,10 +54,32 @@ impl From<DbErr> for DbError {
 
 fn is_unavailable(err: &sea_orm::sqlx::Error) -> bool {
     use sea_orm::sqlx::Error as E;
-    matches!(
-        err,
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed
-    )
+    match err {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
+        // SQLite's SQLITE_BUSY family ("database is locked"): another process held the write lock longer
+        // than the busy timeout. Transient, so the client is told to retry rather than shown a 500.
+        E::Database(db) => {
+            db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                .is_some()
+                && db
+                    .code()
+                    .and_then(|code| code.parse::<u32>().ok())
+                    .is_some_and(|code| code & 0xff == 5)
+        }
+        _ => false,
+    }
+}
+
+/// Starts a transaction that will write. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`):
+/// a deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another process
+/// (a second instance on the same file) wrote in between, because the busy timeout does not apply to a
+/// stale read snapshot. PostgreSQL ignores the option.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
 }
 
 /// Connects to the database named by `url`, creating the SQLite file when needed.

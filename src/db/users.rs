@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
-    QueryFilter, Set, TransactionTrait, sea_query::Expr,
+    QueryFilter, Set, sea_query::Expr,
 };
 
 use super::{
@@ -28,7 +28,7 @@ pub async fn create_with_token(
     key_hash: String,
     prefix: String,
 ) -> Result<user::Model, DbError> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let now = Utc::now();
     let user = user::ActiveModel {
         username: Set(new.username),
