@@ -45,9 +45,10 @@ impl Clients {
     pub async fn register(
         &self,
         state: &AppState,
-        user_id: i64,
+        user: &crate::db::entities::user::Model,
         client_id: &str,
     ) -> Result<(Postbox, bool), AppError> {
+        let user_id = user.id;
         validate_client_id(client_id)?;
         let key = (user_id, client_id.to_owned());
         let fresh = self
@@ -56,7 +57,7 @@ impl Clients {
             .expect("clients lock")
             .get(&key)
             .is_some_and(|t| t.elapsed() < TOUCH_EVERY);
-        let postbox = Postbox::client(user_id, client_id);
+        let postbox = Postbox::client(user_id, client_id).with_groups(groups_of(user));
         if fresh {
             return Ok((postbox, true));
         }
@@ -87,6 +88,12 @@ impl Clients {
     }
 }
 
+/// The group routing keys a user's postboxes are bound to (college, staff).
+pub fn groups_of(user: &crate::db::entities::user::Model) -> Vec<String> {
+    let staff = crate::auth::Role::parse(&user.role).is_some_and(|r| r >= crate::auth::Role::Staff);
+    crate::broker::group_routing_keys(user.college_id, staff)
+}
+
 /// A postbox opened for a poll or a stream: which one, its queue, and the gap to announce first.
 pub struct Opened {
     pub postbox: Postbox,
@@ -102,8 +109,8 @@ pub async fn open(
     client_id: Option<&str>,
 ) -> Result<Opened, AppError> {
     let (postbox, registered_before) = match client_id {
-        Some(client) => state.clients.register(state, user.id, client).await?,
-        None => (Postbox::user(user.id), false),
+        Some(client) => state.clients.register(state, user, client).await?,
+        None => (Postbox::user(user.id).with_groups(groups_of(user)), false),
     };
     let queue = state.broker.topology().queue(&postbox);
     // A known client whose postbox vanished (deleted, evicted) lost what it held: record the gap

@@ -54,7 +54,12 @@ impl Outbox {
             .and_then(|id| id.parse::<i64>().ok())
         {
             Some(user_id) => self.broker.publish_to_user(user_id, payload).await,
-            None => self.broker.publish(routing_key, payload).await,
+            // A broadcast nobody is bound to is delivered to nobody, and done.
+            None => self
+                .broker
+                .publish_group(routing_key, payload)
+                .await
+                .map(|_| ()),
         }
     }
 

@@ -29,7 +29,10 @@ use crate::{
     config::{Config, redact_url},
     telemetry::names,
 };
-pub use topology::{Postbox, Topology, user_routing_key};
+pub use topology::{
+    Postbox, STAFF_ROUTING_KEY, Topology, college_routing_key, group_routing_keys, is_group_key,
+    user_routing_key,
+};
 
 /// A broker failure, classified for the HTTP layer and for `check-rabbitmq`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -300,6 +303,52 @@ impl Broker {
         match result {
             Err(BrokerError::NotFound(_)) => Ok(()),
             other => other,
+        }
+    }
+
+    /// Moves a user's postboxes from one set of group keys to another (a user changed college or role):
+    /// binds the new keys first, then unbinds the old ones, so a broadcast in between reaches the user
+    /// at least once. Postboxes that do not exist (expired, never polled) are skipped: their next
+    /// declare binds the right keys.
+    pub async fn rebind(
+        &self,
+        queues: &[String],
+        old: &[String],
+        new: &[String],
+    ) -> Result<(), BrokerError> {
+        for queue in queues {
+            let channel = self.disposable_channel().await?;
+            let result = self
+                .with_timeout(async {
+                    for key in new.iter().filter(|k| !old.contains(k)) {
+                        topology::bind(&channel, self.topology(), queue, key).await?;
+                    }
+                    for key in old.iter().filter(|k| !new.contains(k)) {
+                        topology::unbind(&channel, self.topology(), queue, key).await?;
+                    }
+                    Ok(())
+                })
+                .await;
+            close_quietly(channel).await;
+            match result {
+                Ok(()) | Err(BrokerError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one event to a group routing key (a college, the staff) and waits for the confirm.
+    /// Returns `false` when no postbox is bound to the key (nobody to deliver to, not an error).
+    pub async fn publish_group(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+    ) -> Result<bool, BrokerError> {
+        match self.publish(routing_key, payload).await {
+            Ok(()) => Ok(true),
+            Err(BrokerError::Unroutable(_)) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

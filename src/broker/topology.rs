@@ -1,7 +1,9 @@
 //! Every name and argument of Postbox's RabbitMQ topology, in one place.
 //!
-//! - One durable **topic exchange** `<prefix>.events`. Routing keys: `user.<id>` for one user's events
-//!   (and later `college.<id>` for broadcasts).
+//! - One durable **topic exchange** `<prefix>.events`. Routing keys: `user.<id>` for one user's events,
+//!   and group keys for broadcasts: `college.<id>` (every member of a college) and `group.staff` (staff
+//!   and admins, e.g. the support desk's agents). A broadcast is one publish; RabbitMQ's bindings fan it
+//!   out into every member's postbox.
 //! - One durable **classic queue per user**, `<prefix>.user.<id>` (readable in the management UI), bound
 //!   to the exchange with `user.<id>`: the default postbox, for clients that do not register.
 //! - One more queue per **registered client** (tab, device), `<prefix>.client.<user id>.<client id>`,
@@ -115,11 +117,15 @@ impl Topology {
 }
 
 /// A postbox: a user's default queue, or the queue of one of the user's registered clients.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Postbox {
     pub user_id: i64,
     /// `None` for the default per-user postbox. Validated by the caller: `[A-Za-z0-9_-]{1,64}`.
     pub client_id: Option<String>,
+    /// Group routing keys bound when the postbox is declared (see [`group_routing_keys`]). Empty when
+    /// the caller does not know the user's groups (a publish redeclaring a vanished postbox): the
+    /// user's next poll binds them again.
+    pub groups: Vec<String>,
 }
 
 impl Postbox {
@@ -127,6 +133,7 @@ impl Postbox {
         Postbox {
             user_id,
             client_id: None,
+            groups: Vec::new(),
         }
     }
 
@@ -134,13 +141,43 @@ impl Postbox {
         Postbox {
             user_id,
             client_id: Some(client_id.to_owned()),
+            groups: Vec::new(),
         }
+    }
+
+    /// The same postbox, bound to these group routing keys as well.
+    pub fn with_groups(mut self, groups: Vec<String>) -> Self {
+        self.groups = groups;
+        self
     }
 }
 
 /// Routing key of one user's events.
 pub fn user_routing_key(user_id: i64) -> String {
     format!("user.{user_id}")
+}
+
+/// Routing key of a college's broadcasts.
+pub fn college_routing_key(college_id: i64) -> String {
+    format!("college.{college_id}")
+}
+
+/// Routing key of events for every staff member and admin.
+pub const STAFF_ROUTING_KEY: &str = "group.staff";
+
+/// The group routing keys a user's postboxes are bound to: the college's, and the staff group's for
+/// staff and admins.
+pub fn group_routing_keys(college_id: Option<i64>, is_staff: bool) -> Vec<String> {
+    let mut keys: Vec<String> = college_id.map(college_routing_key).into_iter().collect();
+    if is_staff {
+        keys.push(STAFF_ROUTING_KEY.to_owned());
+    }
+    keys
+}
+
+/// Whether a routing key addresses a group (a broadcast) rather than one user.
+pub fn is_group_key(routing_key: &str) -> bool {
+    !routing_key.starts_with("user.")
 }
 
 /// Declares the topic exchange (idempotent). Durable: it survives a broker restart.
@@ -205,7 +242,8 @@ pub async fn declare_dead_letters(
         .map_err(|e| BrokerError::classify(e, &queue))
 }
 
-/// Declares a postbox with the configured arguments and binds it to its user's routing key.
+/// Declares a postbox with the configured arguments and binds it to its user's routing key and its
+/// group keys.
 ///
 /// Returns the number of ready events it holds. A queue that already exists with other arguments fails
 /// with [`BrokerError::QueueArguments`] and the channel is closed by the broker, so callers use a
@@ -229,17 +267,48 @@ pub async fn declare_postbox(
         )
         .await
         .map_err(|e| BrokerError::classify(e, &queue))?;
+    bind(channel, topology, &queue, &user_routing_key(user_id)).await?;
+    for key in &postbox.groups {
+        bind(channel, topology, &queue, key).await?;
+    }
+    Ok(declared.message_count())
+}
+
+/// Binds a queue to the events exchange with a routing key (idempotent).
+pub async fn bind(
+    channel: &Channel,
+    topology: &Topology,
+    queue: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
     channel
         .queue_bind(
-            ShortString::from(queue.clone()),
+            ShortString::from(queue.to_owned()),
             ShortString::from(topology.exchange()),
-            ShortString::from(user_routing_key(user_id)),
+            ShortString::from(routing_key.to_owned()),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
-        .map_err(|e| BrokerError::classify(e, &queue))?;
-    Ok(declared.message_count())
+        .map_err(|e| BrokerError::classify(e, queue))
+}
+
+/// Removes a binding (idempotent in RabbitMQ: a missing binding is fine).
+pub async fn unbind(
+    channel: &Channel,
+    topology: &Topology,
+    queue: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_unbind(
+            ShortString::from(queue.to_owned()),
+            ShortString::from(topology.exchange()),
+            ShortString::from(routing_key.to_owned()),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::classify(e, queue))
 }
 
 /// Ready-message and consumer counts of an existing queue, or `None` when it does not exist. A missing

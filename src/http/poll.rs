@@ -319,7 +319,7 @@ async fn register(
     let client_id = body
         .client_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let (postbox, _) = state.clients.register(&state, user.id, &client_id).await?;
+    let (postbox, _) = state.clients.register(&state, &user, &client_id).await?;
     // Create the queue now, so events from this moment on are kept for the client.
     state.broker.declare_postbox(&postbox).await?;
     Ok((
