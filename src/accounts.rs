@@ -38,32 +38,15 @@ pub async fn create_user(
             "may contain only ASCII letters, digits and @ . + - _",
         ));
     }
-    if let Some(d) = display_name
-        && (d.chars().count() > 150 || d.chars().any(char::is_control))
-    {
-        return Err(AppError::field(
-            "display_name",
-            "must be at most 150 characters, without control characters",
-        ));
-    }
-    let display_name = display_name
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .unwrap_or(username);
-    let role = match role {
-        None => Role::Member,
-        Some(r) => Role::parse(r)
-            .ok_or_else(|| AppError::field("role", "must be one of member, staff, admin"))?,
-    };
-    if college_id.is_some_and(|c| !(0..=crate::http::docs::MAX_ID).contains(&c)) {
-        return Err(AppError::field("college_id", "must be a positive integer"));
-    }
+    let display_name = checked_display_name(display_name)?.unwrap_or_else(|| username.to_owned());
+    let role = role.map(checked_role).transpose()?.unwrap_or(Role::Member);
+    checked_college(college_id)?;
     let secret = TokenSecret::generate();
     let user = db::users::create_with_token(
         db,
         NewUser {
             username: username.to_owned(),
-            display_name: display_name.to_owned(),
+            display_name,
             college_id,
             role: role.as_str().to_owned(),
         },
@@ -79,4 +62,94 @@ pub async fn create_user(
         user: UserView::from(&user),
         token: secret.key,
     })
+}
+
+fn checked_display_name(display_name: Option<&str>) -> Result<Option<String>, AppError> {
+    if let Some(d) = display_name
+        && (d.chars().count() > 150 || d.chars().any(char::is_control))
+    {
+        return Err(AppError::field(
+            "display_name",
+            "must be at most 150 characters, without control characters",
+        ));
+    }
+    Ok(display_name
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned))
+}
+
+fn checked_role(role: &str) -> Result<Role, AppError> {
+    Role::parse(role).ok_or_else(|| AppError::field("role", "must be one of member, staff, admin"))
+}
+
+fn checked_college(college_id: Option<i64>) -> Result<(), AppError> {
+    if college_id.is_some_and(|c| !(0..=crate::http::docs::MAX_ID).contains(&c)) {
+        return Err(AppError::field("college_id", "must be a positive integer"));
+    }
+    Ok(())
+}
+
+/// What an admin changes about a user; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub display_name: Option<String>,
+    /// `Some(None)` takes the user out of their college.
+    pub college_id: Option<Option<i64>>,
+    pub role: Option<String>,
+}
+
+/// Changes a user. When the college or the role changes, the user's postboxes move with it: they are
+/// bound to the new group keys and unbound from the old ones, so college broadcasts follow the user.
+pub async fn update_user(
+    state: &crate::state::AppState,
+    id: i64,
+    changes: Changes,
+) -> Result<UserView, AppError> {
+    let display_name = match changes.display_name {
+        Some(d) => Some(
+            checked_display_name(Some(&d))?
+                .ok_or_else(|| AppError::field("display_name", "may not be blank"))?,
+        ),
+        None => None,
+    };
+    let role = changes
+        .role
+        .as_deref()
+        .map(checked_role)
+        .transpose()?
+        .map(|r| r.as_str().to_owned());
+    if let Some(college) = changes.college_id {
+        checked_college(college)?;
+    }
+    let (before, after) = db::users::update(
+        &state.db,
+        id,
+        db::users::UserChanges {
+            display_name,
+            college_id: changes.college_id,
+            role,
+        },
+    )
+    .await?
+    .ok_or_else(|| AppError::NotFound(format!("user {id} does not exist")))?;
+    let (old, new) = (
+        crate::clients::groups_of(&before),
+        crate::clients::groups_of(&after),
+    );
+    if old != new {
+        let topology = state.broker.topology();
+        let mut queues = vec![topology.user_queue(id)];
+        for client in db::clients::client_ids(&state.db, id).await? {
+            queues.push(topology.queue(&crate::broker::Postbox::client(id, &client)));
+        }
+        state.broker.rebind(&queues, &old, &new).await?;
+        tracing::info!(
+            user_id = id,
+            ?old,
+            ?new,
+            "postboxes moved to new group keys"
+        );
+    }
+    Ok(UserView::from(&after))
 }

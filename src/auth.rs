@@ -137,6 +137,48 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// A host application calling the publish API with a service token (`postbox service-tokens create`).
+#[derive(Debug, Clone)]
+pub struct ServiceCaller(pub crate::db::entities::service_token::Model);
+
+/// Prefix of service tokens, so a leaked one is recognisable and never mistaken for a user's token.
+pub const SERVICE_TOKEN_PREFIX: &str = "pbs_";
+
+impl ServiceCaller {
+    /// A new service token: `pbs_` and 40 random hex characters; the database keeps its digest.
+    pub fn generate() -> TokenSecret {
+        let mut secret = TokenSecret::generate();
+        secret.key = format!("{SERVICE_TOKEN_PREFIX}{}", secret.key);
+        secret.key_hash = hash_token(&secret.key);
+        secret.prefix = secret.key[..8].to_owned();
+        secret
+    }
+}
+
+impl FromRequestParts<AppState> for ServiceCaller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let key = token_from_parts(parts).ok_or_else(|| {
+            AppError::Unauthorized(
+                "a service token is required: send `Authorization: Bearer <service token>` (create one with `postbox service-tokens create`)"
+                    .into(),
+            )
+        })?;
+        if !key.starts_with(SERVICE_TOKEN_PREFIX) || key.len() > 128 {
+            return Err(AppError::Unauthorized(
+                "invalid service token (user tokens cannot publish)".into(),
+            ));
+        }
+        match db::notifications::find_service_token(&state.db, &hash_token(&key)).await? {
+            Some(token) => Ok(ServiceCaller(token)),
+            None => Err(AppError::Unauthorized(
+                "invalid or revoked service token".into(),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

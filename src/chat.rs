@@ -101,7 +101,7 @@ pub async fn send_message(
 }
 
 /// Publishes committed outbox events now; failures are left to the outbox relay.
-async fn publish_committed(state: &AppState, pending: &[PendingEvent]) {
+pub(crate) async fn publish_committed(state: &AppState, pending: &[PendingEvent]) {
     let results =
         futures_util::future::join_all(pending.iter().map(|p| state.outbox.publish(p))).await;
     for (p, r) in pending.iter().zip(results) {

@@ -48,6 +48,11 @@ pub enum Command {
         #[command(subcommand)]
         action: TokensAction,
     },
+    /// Create, list and revoke service tokens: what host applications use for `POST /api/v1/publish/`.
+    ServiceTokens {
+        #[command(subcommand)]
+        action: ServiceTokensAction,
+    },
     /// Print the OpenAPI document (or write it to a file), for review diffs and client generators.
     Openapi {
         /// Write to this file instead of standard output (the repository keeps `docs/openapi.json`).
@@ -116,6 +121,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Tokens { action } => tokens(action).await,
+        Command::ServiceTokens { action } => service_tokens(action).await,
         Command::Openapi { output } => {
             let doc = crate::http::openapi_json();
             match output {
@@ -280,6 +286,96 @@ fn print_report(report: &check::Report, json: bool) -> anyhow::Result<()> {
         println!("OK");
     }
     Ok(())
+}
+
+/// `postbox service-tokens ...`: tokens of host applications for the publish API.
+#[derive(Debug, Subcommand)]
+pub enum ServiceTokensAction {
+    /// Create a token for a host application and print it (the key is shown once; only its digest is
+    /// stored).
+    Create {
+        /// Who uses it (`erp`, `billing`): shown in listings and logs.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// List service tokens: id, name, prefix, creation and revocation (never the keys).
+    List {
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Revoke a token by `--id`, or every token of `--name`. Requests with it get 401 at once.
+    Revoke {
+        #[arg(long, required_unless_present = "name")]
+        id: Option<i64>,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        config: Config,
+    },
+}
+
+async fn service_tokens(action: ServiceTokensAction) -> anyhow::Result<i32> {
+    let config = match &action {
+        ServiceTokensAction::Create { config, .. }
+        | ServiceTokensAction::List { config }
+        | ServiceTokensAction::Revoke { config, .. } => config,
+    };
+    config.validate()?;
+    let conn = db::connect(&config.database_url, config.backend_timeout()).await?;
+    db::migrate(&conn).await?;
+    match &action {
+        ServiceTokensAction::Create { name, .. } => {
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 100 {
+                anyhow::bail!("--name must be 1 to 100 characters");
+            }
+            let secret = crate::auth::ServiceCaller::generate();
+            let row = db::notifications::create_service_token(
+                &conn,
+                name,
+                secret.key_hash,
+                secret.prefix,
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "id": row.id,
+                    "name": row.name,
+                    "token": secret.key,
+                }))?
+            );
+        }
+        ServiceTokensAction::List { .. } => {
+            let rows: Vec<serde_json::Value> = db::notifications::service_tokens(&conn)
+                .await?
+                .into_iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "id": t.id,
+                        "name": t.name,
+                        "prefix": t.prefix,
+                        "created_at": crate::events::rfc3339(t.created_at),
+                        "revoked_at": t.revoked_at.map(crate::events::rfc3339),
+                        "status": if t.revoked_at.is_some() { "revoked" } else { "live" },
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        ServiceTokensAction::Revoke { id, name, .. } => {
+            let revoked =
+                db::notifications::revoke_service_tokens(&conn, *id, name.as_deref()).await?;
+            if revoked == 0 {
+                eprintln!("no live service token matched");
+                return Ok(1);
+            }
+            println!("revoked {revoked} service token(s)");
+        }
+    }
+    Ok(0)
 }
 
 /// `postbox tokens ...`: list, create and revoke a user's API tokens.

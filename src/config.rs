@@ -133,6 +133,10 @@ pub struct Config {
     #[arg(long, env = "POSTBOX_MAX_MESSAGE_CHARS", default_value_t = 10_000)]
     pub max_message_chars: usize,
 
+    /// Largest `data` object of a published event or notification, in bytes of JSON (413 beyond).
+    #[arg(long, env = "POSTBOX_MAX_EVENT_BYTES", default_value_t = 16 * 1024)]
+    pub max_event_bytes: usize,
+
     /// Number of AMQP channels in the publishing pool.
     #[arg(long, env = "POSTBOX_PUBLISH_CHANNELS", default_value_t = 32)]
     pub publish_channels: usize,

@@ -130,7 +130,7 @@ pub async fn insert_outbox<C: ConnectionTrait>(
 }
 
 /// Adds one event to the outbox once per routing key, inside the caller's transaction.
-async fn insert_outbox_for<C: ConnectionTrait>(
+pub(crate) async fn insert_outbox_for<C: ConnectionTrait>(
     db: &C,
     routing_keys: Vec<String>,
     payload: Vec<u8>,

@@ -59,3 +59,15 @@ pub async fn register(
         evicted.into_iter().map(|c| c.client_id).collect(),
     ))
 }
+
+/// The client ids a user has registered.
+pub async fn client_ids(db: &DatabaseConnection, user_id: i64) -> Result<Vec<String>, DbError> {
+    use sea_orm::QuerySelect;
+    Ok(client::Entity::find()
+        .select_only()
+        .column(client::Column::ClientId)
+        .filter(client::Column::UserId.eq(user_id))
+        .into_tuple()
+        .all(db)
+        .await?)
+}

@@ -276,3 +276,37 @@ pub async fn revoke_tokens(
         .await?;
     Ok(live.into_iter().map(|t| t.key_hash).collect())
 }
+
+/// What an admin may change about a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    pub display_name: Option<String>,
+    /// `Some(None)` removes the user from their college.
+    pub college_id: Option<Option<i64>>,
+    pub role: Option<String>,
+}
+
+/// Applies `changes` to a user; returns the user before and after, or `None` when there is no such user.
+pub async fn update(
+    db: &DatabaseConnection,
+    id: i64,
+    changes: UserChanges,
+) -> Result<Option<(user::Model, user::Model)>, DbError> {
+    let txn = super::begin_write(db).await?;
+    let Some(before) = user::Entity::find_by_id(id).one(&txn).await? else {
+        return Ok(None);
+    };
+    let mut active: user::ActiveModel = before.clone().into();
+    if let Some(d) = changes.display_name {
+        active.display_name = Set(d);
+    }
+    if let Some(c) = changes.college_id {
+        active.college_id = Set(c);
+    }
+    if let Some(r) = changes.role {
+        active.role = Set(r);
+    }
+    let after = active.update(&txn).await?;
+    txn.commit().await?;
+    Ok(Some((before, after)))
+}

@@ -6,6 +6,7 @@ pub mod assets;
 pub mod chats;
 pub mod docs;
 pub mod extract;
+pub mod notifications;
 pub mod ops;
 pub mod poll;
 pub mod sse;
@@ -38,12 +39,14 @@ pub fn api(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
     let communication = OpenApiRouter::new()
         .merge(poll::router())
         .merge(sse::router())
-        .merge(chats::router(max_attachment_bytes));
+        .merge(chats::router(max_attachment_bytes))
+        .merge(notifications::router());
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(ops::router())
         .merge(assets::router())
         .nest("/api/v1/communication", communication)
         .nest("/api/v1/admin", admin::router())
+        .nest("/api/v1", notifications::publish_router())
 }
 
 /// The OpenAPI document of the whole API.

@@ -205,6 +205,33 @@ impl TestApp {
         }
     }
 
+    /// Creates a user in a college directly in the database.
+    pub async fn create_user_in(&self, username: &str, role: &str, college: i64) -> TestUser {
+        let created =
+            postbox::accounts::create_user(&self.db, username, None, Some(college), Some(role))
+                .await
+                .expect("create user");
+        TestUser {
+            id: created.user.id,
+            token: created.token,
+        }
+    }
+
+    /// Creates a service token for the publish API directly in the database (as
+    /// `postbox service-tokens create` does); returns its id and key.
+    pub async fn service_token(&self, name: &str) -> (i64, String) {
+        let secret = postbox::auth::ServiceCaller::generate();
+        let row = postbox::db::notifications::create_service_token(
+            &self.db,
+            name,
+            secret.key_hash,
+            secret.prefix,
+        )
+        .await
+        .expect("create service token");
+        (row.id, secret.key)
+    }
+
     pub async fn member(&self, username: &str) -> TestUser {
         self.create_user(username, "member").await
     }

@@ -5,5 +5,8 @@ pub mod chat_message;
 pub mod client;
 pub mod conversation;
 pub mod gap;
+pub mod notification;
+pub mod notification_read;
 pub mod outbox;
+pub mod service_token;
 pub mod user;

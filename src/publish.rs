@@ -1,0 +1,221 @@
+//! The publish API for host applications: an event of the host's own type, with a JSON object as
+//! payload, pushed into the postboxes of a list of users or of a whole college.
+//!
+//! Custom events are not stored: the host keeps its own data, and Postbox delivers. They are published
+//! with publisher confirms, so an answer of 200 means RabbitMQ holds the event in every addressed
+//! postbox that exists; 503 means nothing is guaranteed and the host should retry. A retry is a new
+//! event with a new id: hosts that need exactly-once put their own key in `data`. The event type
+//! `notification` is special: it is stored as a notification (with read state, listed by
+//! `GET /notifications/`), exactly as when staff create one.
+
+use serde::Serialize;
+
+use crate::{
+    auth::ServiceCaller,
+    broker::college_routing_key,
+    db::{self, notifications::Audience},
+    error::AppError,
+    events::{Event, kind},
+    http::docs::MAX_ID,
+    notifications::{self, Draft, Target, check_size, valid_name},
+    state::AppState,
+};
+
+/// The most users one publish may address (use a college beyond that).
+pub const MAX_USERS: usize = 1000;
+
+/// Event types a host may not publish: Postbox's own, whose shapes clients rely on.
+pub const RESERVED: &[&str] = &[
+    kind::MESSAGE,
+    kind::TYPING,
+    kind::READ_RECEIPT,
+    kind::PRESENCE,
+    kind::DELIVERED,
+    kind::RESYNC,
+    "connected",
+    "heartbeat",
+    "support_message",
+    "support_chat",
+];
+
+/// A publish request, validated by [`publish`].
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub event: String,
+    pub data: serde_json::Value,
+    pub users: Option<Vec<i64>>,
+    pub college_id: Option<i64>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Published {
+    /// The event's id, as clients see it (for a `notification`, the stored notification's event).
+    pub event_id: Option<String>,
+    pub event: String,
+    /// Users addressed: the list's length, or the college's members.
+    pub recipients: u64,
+    /// Postboxes the event was routed to: each addressed user's default postbox plus registered
+    /// clients, as Postbox records them.
+    pub postboxes: u64,
+    /// The stored notifications' ids, for `event: "notification"` (one per listed user, or one for a
+    /// college).
+    pub notification_ids: Vec<i64>,
+}
+
+/// Validates and publishes a host's event.
+pub async fn publish(
+    state: &AppState,
+    caller: &ServiceCaller,
+    req: Request,
+) -> Result<Published, AppError> {
+    if !valid_name(&req.event, 64) {
+        return Err(AppError::field(
+            "event",
+            "must be 1 to 64 characters: lowercase letters, digits, `_`, `-` or `.`, starting with a letter",
+        ));
+    }
+    if RESERVED.contains(&req.event.as_str()) {
+        return Err(AppError::field(
+            "event",
+            format!(
+                "`{}` is Postbox's own event type; pick another name",
+                req.event
+            ),
+        ));
+    }
+    if !req.data.is_object() {
+        return Err(AppError::field("data", "must be a JSON object"));
+    }
+    let users = match (&req.users, req.college_id) {
+        (Some(users), None) => Some(checked_users(state, users).await?),
+        (None, Some(college)) if (0..=MAX_ID).contains(&college) => None,
+        (None, Some(_)) => return Err(AppError::field("college_id", "must be a positive integer")),
+        _ => {
+            return Err(AppError::BadRequest(
+                "give exactly one of `users` (a list of user ids) and `college_id`".into(),
+            ));
+        }
+    };
+    let target = match (&users, req.college_id) {
+        (Some(users), _) => Audience::Users(users),
+        (None, college) => Audience::College(college.unwrap_or_default()),
+    };
+    if req.event == kind::NOTIFICATION {
+        return publish_notification(state, caller, req.data, target).await;
+    }
+    check_size(state, req.data.clone())?;
+    state.broker.ensure_available().await?;
+    let event = Event::new(&req.event, req.data);
+    let payload = event.to_bytes();
+    match target {
+        Audience::Users(users) => {
+            let results = futures_util::future::join_all(
+                users
+                    .iter()
+                    .map(|&id| state.broker.publish_to_user(id, &payload)),
+            )
+            .await;
+            results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        }
+        Audience::College(college) => {
+            state
+                .broker
+                .publish_group(&college_routing_key(college), &payload)
+                .await?;
+        }
+    }
+    let (recipients, postboxes) = count(state, target).await?;
+    tracing::info!(service = %caller.0.name, event = %req.event, recipients, postboxes, "host event published");
+    Ok(Published {
+        event_id: Some(event.id),
+        event: req.event,
+        recipients,
+        postboxes,
+        notification_ids: Vec::new(),
+    })
+}
+
+/// The distinct user ids of a request, all existing (400 naming the unknown ones otherwise).
+async fn checked_users(state: &AppState, users: &[i64]) -> Result<Vec<i64>, AppError> {
+    let mut users = users.to_vec();
+    users.sort_unstable();
+    users.dedup();
+    if users.is_empty() || users.len() > MAX_USERS {
+        return Err(AppError::field(
+            "users",
+            format!("must list 1 to {MAX_USERS} user ids"),
+        ));
+    }
+    if users.iter().any(|id| !(1..=MAX_ID).contains(id)) {
+        return Err(AppError::field("users", "ids must be positive integers"));
+    }
+    let known = db::notifications::existing_users(&state.db, &users).await?;
+    let unknown: Vec<String> = users
+        .iter()
+        .filter(|id| !known.contains(id))
+        .map(i64::to_string)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(AppError::field(
+            "users",
+            format!("no such users: {}", unknown.join(", ")),
+        ));
+    }
+    Ok(users)
+}
+
+/// Users addressed and postboxes reached.
+async fn count(state: &AppState, target: Audience<'_>) -> Result<(u64, u64), AppError> {
+    let recipients = match target {
+        Audience::Users(users) => users.len() as u64,
+        Audience::College(college) => {
+            db::notifications::college_members(&state.db, college).await?
+        }
+    };
+    Ok((
+        recipients,
+        db::notifications::postbox_count(&state.db, target).await?,
+    ))
+}
+
+/// `event: "notification"` from a host: stored like a staff notification, one per user in a list.
+async fn publish_notification(
+    state: &AppState,
+    caller: &ServiceCaller,
+    data: serde_json::Value,
+    target: Audience<'_>,
+) -> Result<Published, AppError> {
+    let text = |key: &str| data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let title = text("title")
+        .ok_or_else(|| AppError::field("data", "a notification needs `data.title` (a string)"))?;
+    let draft = |target| Draft {
+        target,
+        title: title.clone(),
+        message: text("message").unwrap_or_default(),
+        notification_type: text("notification_type"),
+        data: data.get("data").cloned(),
+    };
+    let targets: Vec<Target> = match target {
+        Audience::Users(users) => users.iter().map(|&u| Target::User(u)).collect(),
+        Audience::College(college) => vec![Target::College(college)],
+    };
+    let mut ids = Vec::with_capacity(targets.len());
+    for t in targets {
+        ids.push(
+            notifications::create(state, draft(t), None)
+                .await?
+                .notification
+                .id,
+        );
+    }
+    let (recipients, postboxes) = count(state, target).await?;
+    tracing::info!(service = %caller.0.name, recipients, postboxes, "host notification published");
+    Ok(Published {
+        event_id: None,
+        event: kind::NOTIFICATION.to_owned(),
+        recipients,
+        postboxes,
+        notification_ids: ids,
+    })
+}
