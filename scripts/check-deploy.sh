@@ -105,7 +105,7 @@ def run_healthcheck(label, argv, env_extra):
         server.server_close()
 
 # --- rabbitmq/definitions.json -----------------------------------------------------------------------
-POLICY = {"max-length": 100, "message-ttl": 1800000, "overflow": "drop-head", "expires": 3600000}
+POLICY = {"max-length": 100, "max-length-bytes": 1048576, "message-ttl": 1800000, "overflow": "drop-head", "expires": 3600000}
 PATTERN = r"^postbox\.(user|client)\."
 
 def check_definitions(path, config_rs):
@@ -160,9 +160,10 @@ def check_definitions(path, config_rs):
         m = re.search(r'env\s*=\s*"' + env + r'"\s*,\s*default_value_t\s*=\s*([0-9_]+)', src)
         return int(m.group(1).replace("_", "")) if m else None
     found = {"max-length": default("POSTBOX_QUEUE_MAX_LENGTH"),
+             "max-length-bytes": default("POSTBOX_QUEUE_MAX_BYTES"),
              "message-ttl": default("POSTBOX_MESSAGE_TTL"),
              "expires": default("POSTBOX_QUEUE_EXPIRES")}
-    scale = {"max-length": 1, "message-ttl": 1000, "expires": 1000}
+    scale = {"max-length": 1, "max-length-bytes": 1, "message-ttl": 1000, "expires": 1000}
     if None in found.values():
         print("note: could not read Postbox's queue defaults from src/config.rs; not compared")
     elif pol:

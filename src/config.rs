@@ -67,6 +67,11 @@ pub struct Config {
     #[arg(long, env = "POSTBOX_QUEUE_MAX_LENGTH", default_value_t = 100)]
     pub queue_max_length: u32,
 
+    /// Maximum bytes of event bodies a postbox keeps; the oldest are dropped beyond it
+    /// (`x-max-length-bytes`), so a flood of large events cannot fill the broker's memory.
+    #[arg(long, env = "POSTBOX_QUEUE_MAX_BYTES", default_value_t = 1_048_576)]
+    pub queue_max_bytes: u64,
+
     /// Seconds an event waits in a postbox before it expires (`x-message-ttl`).
     #[arg(
         long = "message-ttl",
@@ -177,6 +182,9 @@ impl Config {
         }
         if self.queue_max_length == 0 || self.queue_max_length > 100_000 {
             return bad("POSTBOX_QUEUE_MAX_LENGTH must be between 1 and 100000");
+        }
+        if self.queue_max_bytes < 1024 || self.queue_max_bytes > i64::MAX as u64 {
+            return bad("POSTBOX_QUEUE_MAX_BYTES must be at least 1024");
         }
         if self.message_ttl_secs == 0 || self.message_ttl_secs > i32::MAX as u64 / 1000 {
             return bad("POSTBOX_MESSAGE_TTL must be a positive number of seconds");

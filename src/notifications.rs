@@ -146,10 +146,7 @@ pub async fn create(
     let (user_id, college_id) = match draft.target {
         Target::User(id) => {
             if !(1..=MAX_ID).contains(&id) || db::users::find(&state.db, id).await?.is_none() {
-                return Err(AppError::field(
-                    "user_id",
-                    format!("user {id} does not exist"),
-                ));
+                return Err(AppError::NotFound(format!("user {id} does not exist")));
             }
             (Some(id), None)
         }

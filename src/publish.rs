@@ -157,10 +157,10 @@ async fn checked_users(state: &AppState, users: &[i64]) -> Result<Vec<i64>, AppE
         .map(i64::to_string)
         .collect();
     if !unknown.is_empty() {
-        return Err(AppError::field(
-            "users",
-            format!("no such users: {}", unknown.join(", ")),
-        ));
+        return Err(AppError::NotFound(format!(
+            "no such users: {}; nothing was published",
+            unknown.join(", ")
+        )));
     }
     Ok(users)
 }

@@ -27,6 +27,8 @@ pub struct Topology {
     pub prefix: String,
     /// `x-max-length`: the postbox keeps at most this many ready events.
     pub max_length: i64,
+    /// `x-max-length-bytes`: the postbox keeps at most this many bytes of event bodies.
+    pub max_length_bytes: i64,
     /// `x-message-ttl` in milliseconds: an event older than this is dropped from the head.
     pub message_ttl_ms: i64,
     /// `x-expires` in milliseconds: a postbox unused this long (no consumer, no declare) is deleted.
@@ -38,6 +40,7 @@ impl Topology {
         Self {
             prefix: config.broker_prefix.clone(),
             max_length: i64::from(config.queue_max_length),
+            max_length_bytes: config.queue_max_bytes as i64,
             message_ttl_ms: config.message_ttl_secs as i64 * 1000,
             expires_ms: config.queue_expires_secs as i64 * 1000,
         }
@@ -83,6 +86,11 @@ impl Topology {
             "x-max-length".into(),
             AMQPValue::LongLongInt(self.max_length),
         );
+        // ...and only so many bytes of them...
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(self.max_length_bytes),
+        );
         // ...dropping the oldest one when a new one arrives on a full postbox (instead of refusing it).
         args.insert(
             "x-overflow".into(),
@@ -110,6 +118,7 @@ impl Topology {
             ("x-dead-letter-exchange", self.dead_letter_exchange()),
             ("x-expires", self.expires_ms.to_string()),
             ("x-max-length", self.max_length.to_string()),
+            ("x-max-length-bytes", self.max_length_bytes.to_string()),
             ("x-message-ttl", self.message_ttl_ms.to_string()),
             ("x-overflow", "drop-head".to_owned()),
         ]

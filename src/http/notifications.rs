@@ -146,9 +146,10 @@ literal_schema!(
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created and announced", body = Created),
-        (status = 400, description = "Invalid field, unknown user, or not exactly one target", body = ErrorBody),
+        (status = 400, description = "Invalid field, or not exactly one target", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Members cannot create notifications", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
         (status = 413, description = "Body or `data` too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
@@ -285,8 +286,9 @@ literal_schema!(
     request_body = PublishBody,
     responses(
         (status = 200, description = "Published; how many users and postboxes it reached", body = Published),
-        (status = 400, description = "Invalid event name, payload, or audience (unknown users are named)", body = ErrorBody),
+        (status = 400, description = "Invalid event name, payload, or audience", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked service token", body = ErrorBody),
+        (status = 404, description = "Some users do not exist (named); nothing was published", body = ErrorBody),
         (status = 413, description = "Body or `data` too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),

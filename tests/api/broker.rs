@@ -39,6 +39,31 @@ async fn a_full_postbox_keeps_the_newest_100_events() {
 }
 
 #[tokio::test]
+async fn a_postbox_keeps_at_most_its_byte_cap_and_announces_what_it_dropped() {
+    let app = crate::helpers::spawn_app_with(|c| c.queue_max_bytes = 8 * 1024).await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    // Twenty events of about 2 KiB each: far fewer than 100, far more than 8 KiB.
+    let big = "x".repeat(2000);
+    for i in 1..=20 {
+        app.send_ok(&alice, bob.id, &format!("{i:02} {big}")).await;
+    }
+    let depth = app.queue_depth(&app.queue_name(&bob)).await.unwrap();
+    assert!(
+        (1..=4).contains(&depth),
+        "8 KiB hold at most four 2 KiB events, not {depth}"
+    );
+    let lost = 20 - i64::from(depth);
+    crate::helpers::wait_for_gap(&app, &app.queue_name(&bob), lost).await;
+    let events = app.collect_events(&bob, depth as usize + 1, 3).await;
+    assert_eq!(events[0]["event"], "resync", "{:?}", events[0]);
+    assert_eq!(events[0]["data"]["reason"], "maxlen");
+    assert_eq!(events[0]["data"]["lost"], lost);
+    let last = events.last().unwrap()["data"]["message"].as_str().unwrap();
+    assert!(last.starts_with("20 "), "the newest event is kept");
+}
+
+#[tokio::test]
 async fn postbox_is_declared_with_the_configured_arguments() {
     let app = spawn_app().await;
     let alice = app.member("alice").await;
@@ -50,6 +75,10 @@ async fn postbox_is_declared_with_the_configured_arguments() {
     // Re-declaring with exactly these arguments succeeds; any other value fails with 406.
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(100));
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(1_048_576),
+    );
     args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1_800_000));
     args.insert(
         "x-overflow".into(),

@@ -188,7 +188,6 @@ async fn notifications_to_one_user_mark_all_read_and_authorization() {
     for body in [
         json!({"title": "x"}),
         json!({"title": "x", "user_id": member.id, "college_id": 1}),
-        json!({"title": "x", "user_id": 999_999_999}),
         json!({"title": "  ", "user_id": member.id}),
         json!({"title": "x", "user_id": member.id, "data": [1, 2]}),
         json!({"title": "x", "user_id": member.id, "notification_type": "Bad Type"}),
@@ -196,6 +195,8 @@ async fn notifications_to_one_user_mark_all_read_and_authorization() {
         let resp = notify(&app, &admin, body.clone()).await;
         assert_error(resp, StatusCode::BAD_REQUEST).await;
     }
+    let resp = notify(&app, &admin, json!({"title": "x", "user_id": 999_999_999})).await;
+    assert_error(resp, StatusCode::NOT_FOUND).await;
     let (_, list) = app
         .get_json(&member, "/api/v1/communication/notifications/")
         .await;
@@ -328,13 +329,23 @@ async fn hosts_publish_to_users_and_colleges_with_service_tokens() {
         json!({"event": "message", "data": {}, "users": [users[0].id]}),
         json!({"event": "Bad Name", "data": {}, "users": [users[0].id]}),
         json!({"event": "x", "data": [1], "users": [users[0].id]}),
-        json!({"event": "x", "data": {}, "users": [users[0].id, 999_999_999]}),
         json!({"event": "x", "data": {}, "users": [users[0].id], "college_id": college}),
         json!({"event": "x", "data": {}}),
     ] {
         let resp = publish(&app, &key, bad.clone()).await;
         assert_error(resp, StatusCode::BAD_REQUEST).await;
     }
+    let resp = publish(
+        &app,
+        &key,
+        json!({"event": "x", "data": {}, "users": [users[0].id, 999_999_999]}),
+    )
+    .await;
+    let body = assert_error(resp, StatusCode::NOT_FOUND).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("999999999"),
+        "{body}"
+    );
     let resp = publish(
         &app,
         &users[0].token,

@@ -149,3 +149,47 @@ async fn an_expired_token_is_refused() {
         .unwrap();
     assert_error(r, StatusCode::UNAUTHORIZED).await;
 }
+
+#[tokio::test]
+async fn service_tokens_are_created_listed_and_revoked_with_the_cli() {
+    let app = spawn_app().await;
+    let user = app.member("reader").await;
+    let name = format!("erp-{}", app.config.broker_prefix);
+    let out = postbox(&app, &["service-tokens", "create", "--name", &name]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["token"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("pbs_"), "{created}");
+
+    let publish = |key: String| {
+        let (client, url, user_id) = (app.client.clone(), app.url("/api/v1/publish/"), user.id);
+        async move {
+            client
+                .post(url)
+                .header("Authorization", format!("Bearer {key}"))
+                .json(&serde_json::json!({"event": "ping", "data": {}, "users": [user_id]}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(publish(key.clone()).await.status(), StatusCode::OK);
+
+    let out = postbox(&app, &["service-tokens", "list"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mine: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == name.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{list}");
+    assert_eq!(mine[0]["status"], "live");
+    assert!(!list.to_string().contains(&key), "keys are never listed");
+
+    let out = postbox(&app, &["service-tokens", "revoke", "--name", &name]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_error(publish(key).await, StatusCode::UNAUTHORIZED).await;
+    let out = postbox(&app, &["service-tokens", "revoke", "--name", &name]);
+    assert_eq!(out.status.code(), Some(1), "nothing left to revoke");
+}
