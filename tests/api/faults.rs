@@ -246,3 +246,152 @@ async fn two_instances_share_the_work_and_lose_nothing() {
         "each message processed once (after dedupe by id)"
     );
 }
+
+/// Polls bob's phone postbox with a cursor; an error status (503 while the broker restarts) is
+/// returned rather than asserted.
+async fn poll_tolerant(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    cursor: Option<&str>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut query = vec![("client_id", "phone".to_owned())];
+    if let Some(c) = cursor {
+        query.push(("last_event_id", c.to_owned()));
+    }
+    let resp = client
+        .get(url)
+        .query(&query)
+        .header("Authorization", format!("Token {token}"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::OK {
+        return Err(resp.status().to_string());
+    }
+    let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    Ok(body["events"].as_array().cloned().unwrap_or_default())
+}
+
+/// A real RabbitMQ restart (the node stopped and started again), not a cut connection. Needs a broker
+/// of its own, so it is ignored by default and run by `scripts/fault-broker-restart.sh`, which starts a
+/// private RabbitMQ node and says how to stop and start it (`POSTBOX_FAULT_AMQP_URL`,
+/// `POSTBOX_FAULT_STOP`, `POSTBOX_FAULT_START`).
+#[tokio::test]
+#[ignore = "restarts a RabbitMQ node: run by scripts/fault-broker-restart.sh"]
+async fn a_real_broker_restart_loses_no_acknowledged_send() {
+    let env = |k: &str| {
+        std::env::var(k)
+            .unwrap_or_else(|_| panic!("{k} is not set: run scripts/fault-broker-restart.sh"))
+    };
+    let (url, stop, start) = (
+        env("POSTBOX_FAULT_AMQP_URL"),
+        env("POSTBOX_FAULT_STOP"),
+        env("POSTBOX_FAULT_START"),
+    );
+    let app = spawn_app_with(|c| {
+        c.amqp_url = url;
+        c.backend_timeout_secs = 2;
+    })
+    .await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let poll_url = app.url("/api/v1/communication/poll/events/");
+    poll_tolerant(&app.client, &poll_url, &bob.token, None)
+        .await
+        .expect("first poll");
+
+    // Bob's phone polls all along, through the outage, acknowledging by cursor.
+    let received = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (client, url, token) = (app.client.clone(), poll_url.clone(), bob.token.clone());
+        let (received, done) = (received.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut cursor, mut seen, mut errors) = (None::<String>, HashSet::new(), 0);
+            while !done.load(Ordering::SeqCst) {
+                match poll_tolerant(&client, &url, &token, cursor.as_deref()).await {
+                    Ok(events) => {
+                        for e in events {
+                            let id = e["id"].as_str().unwrap_or_default().to_owned();
+                            if seen.insert(id.clone()) && e["event"] == "message" {
+                                let text = e["data"]["message"].as_str().unwrap().to_owned();
+                                received.lock().unwrap().push(text);
+                            }
+                            cursor = Some(id);
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+            errors
+        })
+    };
+
+    // Alice sends 150 messages, about 20 a second; the broker restarts a second in.
+    let restarter = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        for cmd in [stop, start] {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "`{cmd}` failed");
+        }
+    });
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..150 {
+        let text = format!("m{i}");
+        // A refused send (503) stored nothing: the client sends it again, as a real one would.
+        loop {
+            let resp = app.send(&alice, bob.id, &text).await;
+            match resp.status() {
+                StatusCode::CREATED => break,
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("send {text}: unexpected {other}"),
+            }
+        }
+        acknowledged.push(text);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    restarter.await.unwrap();
+    assert!(
+        refused > 0,
+        "the restart was not noticed: no send was refused"
+    );
+
+    // Wait until bob has every acknowledged message, or a minute.
+    let started = std::time::Instant::now();
+    while received.lock().unwrap().len() < acknowledged.len()
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    done.store(true, Ordering::SeqCst);
+    let poll_errors = poller.await.unwrap();
+    let received = received.lock().unwrap().clone();
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|t| !received.contains(t))
+        .collect();
+    eprintln!(
+        "restart: {} acknowledged, {refused} refused with 503 and sent again, {} received, \
+         {poll_errors} polls failed during the outage",
+        acknowledged.len(),
+        received.len(),
+    );
+    assert!(missing.is_empty(), "lost across the restart: {missing:?}");
+    assert_eq!(
+        received.len(),
+        acknowledged.len(),
+        "each message once (after dedupe by event id)"
+    );
+}
