@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod presence;
 pub mod ratelimit;
 pub mod state;
+pub mod support;
 pub mod telemetry;
 
 use std::{sync::Arc, time::Duration};

@@ -9,6 +9,7 @@ mod m20261124_000001_users_and_tokens;
 mod m20261124_000002_chat;
 mod m20261124_000003_presence_and_clients;
 mod m20261124_000004_gaps;
+mod m20261124_000006_support;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_chat::Migration),
             Box::new(m20261124_000003_presence_and_clients::Migration),
             Box::new(m20261124_000004_gaps::Migration),
+            Box::new(m20261124_000006_support::Migration),
         ]
     }
 }

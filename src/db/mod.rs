@@ -8,6 +8,7 @@ pub mod chat;
 pub mod clients;
 pub mod entities;
 pub mod gaps;
+pub mod support;
 pub mod users;
 
 use std::time::Duration;

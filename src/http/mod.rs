@@ -9,6 +9,7 @@ pub mod extract;
 pub mod ops;
 pub mod poll;
 pub mod sse;
+pub mod support;
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ pub fn api(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
         .merge(assets::router())
         .nest("/api/v1/communication", communication)
         .nest("/api/v1/admin", admin::router())
+        .nest("/api/support", support::router())
 }
 
 /// The OpenAPI document of the whole API.

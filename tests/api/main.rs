@@ -15,4 +15,5 @@ mod openapi;
 mod ops;
 mod poll;
 mod sse;
+mod support;
 mod tokens;

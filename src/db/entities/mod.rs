@@ -6,4 +6,6 @@ pub mod client;
 pub mod conversation;
 pub mod gap;
 pub mod outbox;
+pub mod support_chat;
+pub mod support_message;
 pub mod user;
