@@ -21,6 +21,10 @@ pub mod kind {
     pub const DELIVERED: &str = "delivered";
     /// Postbox's addition: events were lost (see `crate::gaps`); reload state from the REST API.
     pub const RESYNC: &str = "resync";
+    /// A support desk message (seed 003): to the chat's user and to every agent.
+    pub const SUPPORT_MESSAGE: &str = "support_message";
+    /// A support chat was closed or reopened: to the chat's user and to every agent.
+    pub const SUPPORT_CHAT: &str = "support_chat";
 }
 
 /// One event in a postbox. The whole envelope is the AMQP message body, so a poll can hand the bytes over

@@ -24,6 +24,7 @@ pub mod presence;
 pub mod publish;
 pub mod ratelimit;
 pub mod state;
+pub mod support;
 pub mod telemetry;
 
 use std::{sync::Arc, time::Duration};

@@ -10,6 +10,7 @@ mod m20261124_000002_chat;
 mod m20261124_000003_presence_and_clients;
 mod m20261124_000004_gaps;
 mod m20261124_000005_notifications_and_services;
+mod m20261124_000006_support;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_presence_and_clients::Migration),
             Box::new(m20261124_000004_gaps::Migration),
             Box::new(m20261124_000005_notifications_and_services::Migration),
+            Box::new(m20261124_000006_support::Migration),
         ]
     }
 }

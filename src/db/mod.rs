@@ -9,6 +9,7 @@ pub mod clients;
 pub mod entities;
 pub mod gaps;
 pub mod notifications;
+pub mod support;
 pub mod users;
 
 use std::time::Duration;

@@ -24,6 +24,9 @@ Every error answers the JSON shape `ErrorBody`.",
     tags(
         (name = "poll", description = "Receiving events: the long poll"),
         (name = "chats", description = "One-to-one chat"),
+        (name = "notifications", description = "Stored notifications to a user or a whole college"),
+        (name = "publish", description = "Events from host applications (service tokens)"),
+        (name = "support", description = "The support desk: one chat per user with the support agents (staff and admins)"),
         (name = "admin", description = "Provisioning (admin tokens only)"),
         (name = "ops", description = "Health, readiness and metrics"),
         (name = "clients", description = "The JavaScript client, served from the binary")

@@ -10,6 +10,7 @@ pub mod notifications;
 pub mod ops;
 pub mod poll;
 pub mod sse;
+pub mod support;
 
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ pub fn api(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
         .nest("/api/v1/communication", communication)
         .nest("/api/v1/admin", admin::router())
         .nest("/api/v1", notifications::publish_router())
+        .nest("/api/support", support::router())
 }
 
 /// The OpenAPI document of the whole API.

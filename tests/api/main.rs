@@ -16,4 +16,5 @@ mod openapi;
 mod ops;
 mod poll;
 mod sse;
+mod support;
 mod tokens;

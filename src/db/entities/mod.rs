@@ -9,4 +9,6 @@ pub mod notification;
 pub mod notification_read;
 pub mod outbox;
 pub mod service_token;
+pub mod support_chat;
+pub mod support_message;
 pub mod user;
