@@ -50,24 +50,7 @@ pub async fn send_message(
     attachment: Option<StoredAttachment>,
 ) -> Result<MessageView, AppError> {
     let sender = &sender.0;
-    // The length counts what the client sent; blank means whitespace only (as the API document's
-    // `\S` pattern sees it). The stored text is trimmed.
-    if text.chars().count() > state.config.max_message_chars {
-        return Err(AppError::field(
-            "message",
-            format!(
-                "is longer than {} characters",
-                state.config.max_message_chars
-            ),
-        ));
-    }
-    if is_blank(&text) && attachment.is_none() {
-        return Err(AppError::field(
-            "message",
-            "may not be blank (unless an attachment is sent)",
-        ));
-    }
-    let text = text.trim().to_owned();
+    let text = checked_text(state, &text, Some(attachment.is_some()))?;
     if receiver_id == sender.id {
         return Err(AppError::Forbidden(
             "you cannot send a message to yourself".into(),
@@ -98,6 +81,33 @@ pub async fn send_message(
     .await?;
     publish_committed(state, &pending).await;
     Ok(MessageView::new(&msg, sender))
+}
+
+/// A message text as stored: trimmed. The length counts what the client sent (400 beyond the configured
+/// limit); blank means whitespace only, as the API document's `\S` pattern sees it, and is refused unless
+/// the message carries an attachment (`Some(true)`); `None` where attachments are not offered.
+pub(crate) fn checked_text(
+    state: &AppState,
+    text: &str,
+    attachment: Option<bool>,
+) -> Result<String, AppError> {
+    let max = state.config.max_message_chars;
+    if text.chars().count() > max {
+        return Err(AppError::field(
+            "message",
+            format!("is longer than {max} characters"),
+        ));
+    }
+    if is_blank(text) && attachment != Some(true) {
+        return Err(AppError::field(
+            "message",
+            match attachment {
+                Some(_) => "may not be blank (unless an attachment is sent)",
+                None => "may not be blank",
+            },
+        ));
+    }
+    Ok(text.trim().to_owned())
 }
 
 /// Publishes committed outbox events now; failures are left to the outbox relay.

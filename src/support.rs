@@ -24,7 +24,6 @@ use crate::{
     },
     error::AppError,
     events::{Event, kind, rfc3339},
-    http::docs::is_blank,
     state::AppState,
 };
 
@@ -187,7 +186,7 @@ pub async fn send_as_user(
     caller: &AuthUser,
     text: String,
 ) -> Result<SupportMessageView, AppError> {
-    let text = validate(state, &text)?;
+    let text = crate::chat::checked_text(state, &text, None)?;
     state.send_limit.check(caller.0.id, "messages")?;
     state.broker.ensure_available().await?;
     let chat = db::support::chat_of_user(&state.db, caller.0.id).await?;
@@ -230,7 +229,7 @@ pub async fn send_as_agent(
     chat_id: i64,
     text: String,
 ) -> Result<SupportMessageView, AppError> {
-    let text = validate(state, &text)?;
+    let text = crate::chat::checked_text(state, &text, None)?;
     find(state, chat_id).await?;
     state.send_limit.check(agent.0.id, "messages")?;
     state.broker.ensure_available().await?;
@@ -258,22 +257,6 @@ pub async fn close(
     .ok_or_else(|| not_found(chat_id))?;
     publish_committed(state, &pending).await;
     Ok(SupportChatView::new(&chat, &owner))
-}
-
-/// The text as stored: trimmed; blank or longer than the configured limit is refused (400), as for chat
-/// messages.
-fn validate(state: &AppState, text: &str) -> Result<String, AppError> {
-    let max = state.config.max_message_chars;
-    if text.chars().count() > max {
-        return Err(AppError::field(
-            "message",
-            format!("is longer than {max} characters"),
-        ));
-    }
-    if is_blank(text) {
-        return Err(AppError::field("message", "may not be blank"));
-    }
-    Ok(text.trim().to_owned())
 }
 
 fn not_found(chat_id: i64) -> AppError {
