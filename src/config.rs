@@ -157,6 +157,10 @@ pub struct Config {
     /// Print logs as JSON lines instead of human-readable text.
     #[arg(long, env = "POSTBOX_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+
+    /// Serve the demo chat page at `/demo/` (and redirect `/` to it); off: those paths answer 404.
+    #[arg(long, env = "POSTBOX_DEMO", default_value_t = false)]
+    pub demo: bool,
 }
 
 /// A configuration value that cannot work.

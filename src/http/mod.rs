@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod assets;
 pub mod chats;
+pub mod demo;
 pub mod docs;
 pub mod extract;
 pub mod notifications;
@@ -45,6 +46,7 @@ pub fn api(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(ops::router())
         .merge(assets::router())
+        .merge(demo::router())
         .nest("/api/v1/communication", communication)
         .nest("/api/v1/admin", admin::router())
         .nest("/api/v1", notifications::publish_router())

@@ -9,6 +9,7 @@ mod cli;
 mod contract;
 mod conversation;
 mod delivery;
+mod demo;
 mod faults;
 mod helpers;
 mod notifications;
