@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, against real services: starts (or installs) RabbitMQ and PostgreSQL, then runs
-# every test on the embedded SQLite database and the API tests again on PostgreSQL.
+# every test on the embedded SQLite database and the API tests again on PostgreSQL, the JavaScript
+# client's tests, a real RabbitMQ restart under load, and the demo page in two headless browsers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,9 @@ if ! command -v node >/dev/null 2>&1; then
   else sudo apt-get update -qq && sudo apt-get install -y -qq nodejs >/dev/null; fi
 fi
 (cd clients/js && node --test test/)
+
+echo "== fault run: a real RabbitMQ restart under load (a private node)"
+scripts/fault-broker-restart.sh
+
+echo "== the demo page in two headless browsers"
+scripts/browser-test.sh
