@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The demo page in two real browsers: installs Chromium (Debian's package) and the test's node modules
 # when missing, builds target/debug/postbox, makes sure RabbitMQ runs, starts Postbox with --demo on a
-# free port with a throwaway SQLite database and broker prefix, creates alice, bob and carol, and runs
-# clients/demo/test/ under node's test runner (alice and bob chat; screenshots in
-# target/browser-artifacts/). The server is stopped however the test ends.
+# free port with a throwaway SQLite database and broker prefix, creates alice and bob (in one college),
+# carol, and a staff user, and runs clients/demo/test/ under node's test runner (alice and bob chat, the
+# staff user notifies them; screenshots in target/browser-artifacts/). The server is stopped however the
+# test ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -75,14 +76,16 @@ if [ $ready -ne 1 ]; then
   exit 1
 fi
 
-user() { # username display-name -> "id token"
-  "$postbox" create-user --username "$1" --display-name "$2" \
+college=7 # any number: colleges are ids on users, and this run's database and broker are its own
+user() { # username display-name [create-user options...] -> "id token"
+  "$postbox" create-user --username "$1" --display-name "$2" "${@:3}" \
     | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>{const u=JSON.parse(s);console.log(u.id, u.token)})"
 }
-read -r alice_id alice_token < <(user alice Alice)
-read -r bob_id bob_token < <(user bob Bob)
+read -r alice_id alice_token < <(user alice Alice --college "$college")
+read -r bob_id bob_token < <(user bob Bob --college "$college")
 read -r carol_id carol_token < <(user carol Carol)
-[ -n "$alice_token" ] && [ -n "$bob_token" ] && [ -n "$carol_token" ] \
+read -r staff_id staff_token < <(user staff Staff --role staff)
+[ -n "$alice_token" ] && [ -n "$bob_token" ] && [ -n "$carol_token" ] && [ -n "$staff_token" ] \
   || { echo "error: create-user printed no token" >&2; exit 1; }
 
 mkdir -p "$target_dir/browser-artifacts"
@@ -91,6 +94,7 @@ status=0
   cd clients/demo/test
   POSTBOX_URL="http://$POSTBOX_BIND" ALICE_ID="$alice_id" ALICE_TOKEN="$alice_token" \
     BOB_ID="$bob_id" BOB_TOKEN="$bob_token" CAROL_ID="$carol_id" CAROL_TOKEN="$carol_token" \
+    STAFF_ID="$staff_id" STAFF_TOKEN="$staff_token" COLLEGE_ID="$college" \
     CHROMIUM="$chromium_bin" \
     ARTIFACTS_DIR="$target_dir/browser-artifacts" \
     timeout --kill-after=10 150 node --test two-browsers.test.js

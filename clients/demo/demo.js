@@ -122,6 +122,7 @@ const state = {
   markingRead: false,
   markAgain: false,
   notifications: { available: false, unread: 0, items: [] },
+  notificationsSeq: 0, // bumped by every load and mark: only the newest answer is applied
   attachmentUrls: [], // blob: URLs of the open chat's attachments, revoked when it closes
   previews: new Map(), // message id -> Promise of an image's blob: URL
   generation: 0, // bumped on logout: answers of an old session are dropped
@@ -929,9 +930,10 @@ function clearAttachment() {
 
 async function probeNotifications() {
   const generation = state.generation;
+  const seq = ++state.notificationsSeq;
   try {
     const data = await api('notifications/');
-    if (generation !== state.generation) return;
+    if (generation !== state.generation || seq !== state.notificationsSeq) return;
     applyNotifications(data);
   } catch (err) {
     // 404: this server has no notifications API: no bell, no panel.
@@ -941,12 +943,19 @@ async function probeNotifications() {
 }
 
 async function loadNotifications() {
+  const generation = state.generation;
+  const seq = ++state.notificationsSeq;
   try {
-    applyNotifications(await api('notifications/'));
+    const data = await api('notifications/');
+    // An older answer (one that started before a later load or a mark) would undo what is shown.
+    if (generation === state.generation && seq === state.notificationsSeq) applyNotifications(data);
   } catch {
     // keep what is shown
   }
 }
+
+/** The server says `is_read`; `read_at` alone is accepted too. */
+const notificationRead = (item) => (typeof item.is_read === 'boolean' ? item.is_read : Boolean(item.read_at));
 
 function applyNotifications(data) {
   state.notifications = {
@@ -965,10 +974,11 @@ function renderNotifications() {
   const badge = $('notifications-badge');
   badge.hidden = n.unread === 0;
   badge.textContent = n.unread > 99 ? '99+' : String(n.unread);
+  $('notifications-read-all').hidden = n.unread === 0;
   $('notifications-empty').hidden = n.items.length > 0;
   $('notification-list').replaceChildren(
     ...n.items.map((item) => {
-      const read = Boolean(item.read_at);
+      const read = notificationRead(item);
       const node = el(
         'li',
         { class: 'notification', 'data-testid': 'notification', 'data-notification-id': item.id, 'data-read': String(read) },
@@ -992,12 +1002,32 @@ function renderNotifications() {
 
 async function markNotificationRead(item) {
   try {
-    await api(`notifications/${encodeURIComponent(item.id)}/read/`, { method: 'POST' });
-    item.read_at = item.read_at || new Date().toISOString();
-    state.notifications.unread = Math.max(0, state.notifications.unread - 1);
+    const view = await api(`notifications/${encodeURIComponent(item.id)}/read/`, { method: 'POST' });
+    state.notificationsSeq += 1; // a load that started before the mark answers with the old read state
+    const wasRead = notificationRead(item);
+    item.is_read = true;
+    item.read_at = (view && view.read_at) || item.read_at || new Date().toISOString();
+    if (!wasRead) state.notifications.unread = Math.max(0, state.notifications.unread - 1);
     renderNotifications();
+    loadNotifications(); // then as the server has it (one may have arrived meanwhile)
   } catch (err) {
     if (err.status !== 401) toast('Could not mark the notification read', err.detail, 'error');
+  }
+}
+
+async function markAllNotificationsRead() {
+  try {
+    const result = await api('notifications/read-all/', { method: 'POST' });
+    state.notificationsSeq += 1;
+    const now = new Date().toISOString();
+    for (const item of state.notifications.items) {
+      if (!notificationRead(item)) Object.assign(item, { is_read: true, read_at: now });
+    }
+    state.notifications.unread = Number(result && result.unread_count) || 0;
+    renderNotifications();
+    loadNotifications(); // then as the server has it (one created meanwhile stays unread)
+  } catch (err) {
+    if (err.status !== 401) toast('Could not mark the notifications read', err.detail, 'error');
   }
 }
 
@@ -1071,6 +1101,7 @@ function wire() {
     $('notifications-button').setAttribute('aria-expanded', String(!panel.hidden));
     if (!panel.hidden) loadNotifications();
   });
+  $('notifications-read-all').addEventListener('click', () => markAllNotificationsRead());
   $('notifications-close').addEventListener('click', () => {
     $('notifications-panel').hidden = true;
     $('notifications-button').setAttribute('aria-expanded', 'false');

@@ -7,7 +7,11 @@
 //
 // A second test pages back through a long history, sends an attachment and logs out.
 //
-// Environment: POSTBOX_URL, {ALICE,BOB,CAROL}_{TOKEN,ID}, ARTIFACTS_DIR, CHROMIUM (optional).
+// A third has a staff user notify Alice (a toast and the bell's badge, live; the panel lists it; marking it
+// read clears the badge, also on the server), then Alice's and Bob's college (both open pages get it).
+//
+// Environment: POSTBOX_URL, {ALICE,BOB,CAROL,STAFF}_{TOKEN,ID}, COLLEGE_ID, ARTIFACTS_DIR, CHROMIUM
+// (optional).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,6 +31,8 @@ const BASE = env('POSTBOX_URL');
 const ALICE = { token: env('ALICE_TOKEN'), id: Number(env('ALICE_ID')) };
 const BOB = { token: env('BOB_TOKEN'), id: Number(env('BOB_ID')) };
 const CAROL = { token: env('CAROL_TOKEN'), id: Number(env('CAROL_ID')) };
+const STAFF = { token: env('STAFF_TOKEN'), id: Number(env('STAFF_ID')) };
+const COLLEGE_ID = Number(env('COLLEGE_ID'));
 const ARTIFACTS = process.env.ARTIFACTS_DIR || 'target/browser-artifacts';
 /** Every single wait; the whole test has its own deadline below. */
 const STEP_MS = 15000;
@@ -253,6 +259,99 @@ test('history pages back on scroll, an attachment goes out, logout forgets the t
     assert.equal(await a.evaluate(() => localStorage.getItem('postbox-demo-token')), null);
     await a.reload();
     await a.locator(tid('login-view')).waitFor();
+
+    assert.deepEqual(problems, [], 'no page errors');
+    passed = true;
+  } finally {
+    if (!passed) await screenshots(pages, '-failure');
+    await browser.close().catch(() => {});
+  }
+});
+
+
+test('a staff user notifies alice, then her college: toasts, the bell, read state', { timeout: 100_000 }, async () => {
+  const browser = await chromium.launch(LAUNCH);
+  const problems = [];
+  const pages = { 'alice-notifications': null, 'bob-notifications': null };
+  let passed = false;
+  try {
+    const { page: a } = await openAs(browser, 'alice', ALICE, problems);
+    pages['alice-notifications'] = a;
+    const bell = a.locator(tid('notifications-button'));
+    const badge = a.locator(tid('notifications-badge'));
+    await bell.waitFor();
+    const start = await api(ALICE, 'GET', 'notifications/');
+    assert.equal(start.status, 200, JSON.stringify(start.body));
+    assert.equal(start.body.unread_count, 0, 'alice starts with nothing unread');
+    await badge.waitFor({ state: 'hidden' });
+
+    // Members may not notify; the staff user may.
+    const refused = await api(BOB, 'POST', 'notifications/', { user_id: ALICE.id, title: 'nope', message: '' });
+    assert.equal(refused.status, 403, JSON.stringify(refused.body));
+    const title = 'Library notice';
+    const text = 'Your book is due <b>Friday</b>';
+    const created = await api(STAFF, 'POST', 'notifications/', { user_id: ALICE.id, title, message: text });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const personalId = created.body.id;
+    assert.ok(Number.isSafeInteger(personalId), `id ${personalId}`);
+
+    // Live: a toast (as text) and an unread badge on the bell.
+    const toast = a.locator(`${tid('toast')}[data-kind="notification"]`).filter({ hasText: title });
+    await toast.waitFor();
+    assert.match(await toast.textContent(), /Your book is due <b>Friday<\/b>/);
+    assert.equal(await toast.locator('b').count(), 0, 'notification text is never parsed as HTML');
+    await badge.filter({ hasText: /^1$/ }).waitFor();
+
+    // The panel lists it, unread; marking it read clears the badge, and the server agrees.
+    await bell.click();
+    await a.locator(tid('notifications-panel')).waitFor();
+    const personal = a.locator(`${tid('notification')}[data-notification-id="${personalId}"]`);
+    await personal.filter({ hasText: title }).waitFor();
+    assert.equal(await personal.getAttribute('data-read'), 'false');
+    await a.locator(tid('notifications-read-all')).waitFor();
+    await personal.locator(tid('notification-mark-read')).click();
+    await a.locator(`${tid('notification')}[data-notification-id="${personalId}"][data-read="true"]`).waitFor();
+    await badge.waitFor({ state: 'hidden' });
+    await a.locator(tid('notifications-read-all')).waitFor({ state: 'hidden' });
+    const afterRead = await api(ALICE, 'GET', 'notifications/');
+    assert.equal(afterRead.status, 200);
+    assert.equal(afterRead.body.unread_count, 0, 'the server counts it read');
+    const stored = afterRead.body.results.find((n) => n.id === personalId);
+    assert.ok(stored, 'listed by the server');
+    assert.equal(stored.is_read, true);
+    assert.ok(stored.read_at);
+
+    // A college notification reaches both open pages: Alice's (panel open) and Bob's.
+    const { page: b } = await openAs(browser, 'bob', BOB, problems);
+    pages['bob-notifications'] = b;
+    await b.locator(tid('notifications-button')).waitFor();
+    const collegeTitle = 'Campus closed tomorrow';
+    const broadcast = await api(STAFF, 'POST', 'notifications/', {
+      college_id: COLLEGE_ID,
+      title: collegeTitle,
+      message: 'Snow day: lectures move online.',
+    });
+    assert.equal(broadcast.status, 201, JSON.stringify(broadcast.body));
+    assert.equal(broadcast.body.recipients, 2, 'alice and bob are the college');
+    const collegeId = broadcast.body.id;
+    for (const page of [a, b]) {
+      await page.locator(`${tid('toast')}[data-kind="notification"]`).filter({ hasText: collegeTitle }).waitFor();
+      await page.locator(tid('notifications-badge')).filter({ hasText: /^1$/ }).waitFor();
+    }
+    const collegeItem = a.locator(`${tid('notification')}[data-notification-id="${collegeId}"][data-read="false"]`);
+    await collegeItem.filter({ hasText: collegeTitle }).waitFor();
+    await personal.filter({ hasText: title }).waitFor();
+    await b.locator(tid('notifications-button')).click();
+    await b.locator(`${tid('notification')}[data-notification-id="${collegeId}"][data-read="false"]`).waitFor();
+    await screenshots(pages);
+
+    // Alice marks all read: her badge goes, Bob's read state is his own.
+    await a.locator(tid('notifications-read-all')).click();
+    await a.locator(`${tid('notification')}[data-notification-id="${collegeId}"][data-read="true"]`).waitFor();
+    await badge.waitFor({ state: 'hidden' });
+    assert.equal((await api(ALICE, 'GET', 'notifications/')).body.unread_count, 0);
+    assert.equal((await api(BOB, 'GET', 'notifications/')).body.unread_count, 1, 'read state is per user');
+    assert.equal(await b.locator(tid('notifications-badge')).textContent(), '1');
 
     assert.deepEqual(problems, [], 'no page errors');
     passed = true;
