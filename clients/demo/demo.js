@@ -239,7 +239,15 @@ async function login(token) {
   }
   if (generation !== state.generation) return;
   localStorage.setItem(TOKEN_KEY, token);
-  state.me = { id: registered.user_id, name: null }; // the name comes with our first message seen
+  state.me = { id: registered.user_id, name: null };
+  api('me/')
+    .then((me) => {
+      if (generation === state.generation && state.me) {
+        state.me.name = me.display_name;
+        renderMe();
+      }
+    })
+    .catch(() => {}); // the header keeps showing the id
   state.client = client;
   subscribe(client);
   client.start();

@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, middleware, extractors. Handlers are thin: they parse input, call the domain
 //! (`chat`, `broker`, `db`) and shape the answer. Errors become JSON through [`crate::error::AppError`].
 
+pub mod account;
 pub mod admin;
 pub mod assets;
 pub mod chats;
@@ -42,7 +43,8 @@ pub fn api(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
         .merge(poll::router())
         .merge(sse::router())
         .merge(chats::router(max_attachment_bytes))
-        .merge(notifications::router());
+        .merge(notifications::router())
+        .merge(account::router());
     OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(ops::router())
         .merge(assets::router())

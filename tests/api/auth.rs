@@ -99,3 +99,22 @@ async fn tokens_are_stored_hashed() {
     assert!(!rows[0].key_hash.contains(&bob.token));
     assert_eq!(rows[0].key_hash, postbox::auth::hash_token(&bob.token));
 }
+
+#[tokio::test]
+async fn me_tells_the_caller_who_they_are() {
+    let app = spawn_app().await;
+    let alice = app.create_user_in("alice", "staff", 12).await;
+    let (status, me) = app.get_json(&alice, "/api/v1/communication/me/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["id"], alice.id);
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["college_id"], 12);
+    assert_eq!(me["role"], "staff");
+    let resp = app
+        .client
+        .get(app.url("/api/v1/communication/me/"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, StatusCode::UNAUTHORIZED).await;
+}
