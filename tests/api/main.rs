@@ -11,6 +11,7 @@ mod conversation;
 mod delivery;
 mod faults;
 mod helpers;
+mod loadtest;
 mod openapi;
 mod ops;
 mod poll;
