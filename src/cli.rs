@@ -1,4 +1,4 @@
-//! The `postbox` command line: `serve`, `migrate`, `create-user`, `check-rabbitmq`.
+//! The `postbox` command line: `serve`, `migrate`, `create-user`, `check-rabbitmq`, `loadtest`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -76,6 +76,14 @@ pub enum Command {
         #[command(flatten)]
         config: Config,
     },
+    /// Load-test a running Postbox (or, with `--mode raw`, RabbitMQ alone) and report sent, delivered,
+    /// lost and duplicated messages, latency percentiles, rates, polls, and the server's CPU and peak
+    /// RSS. It creates its own users through the admin API; never point it at production.
+    /// See docs/BENCHMARKS.md.
+    Loadtest {
+        #[command(flatten)]
+        args: Box<crate::loadtest::LoadtestArgs>,
+    },
 }
 
 /// Runs a parsed command line. Returns the process exit code.
@@ -131,6 +139,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Loadtest { args } => crate::loadtest::main(*args).await,
         Command::CheckRabbitmq {
             json,
             management_url,

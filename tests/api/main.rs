@@ -12,6 +12,7 @@ mod delivery;
 mod demo;
 mod faults;
 mod helpers;
+mod loadtest;
 mod notifications;
 mod openapi;
 mod ops;
