@@ -66,22 +66,28 @@ pub async fn insert_token<C: ConnectionTrait>(
     .await?)
 }
 
-/// The user owning a live (not revoked, not expired) token with this digest.
+/// The user owning a live (not revoked, not expired) token with this digest. One statement: every
+/// request runs it.
 pub async fn find_by_token_hash(
     db: &DatabaseConnection,
     key_hash: &str,
 ) -> Result<Option<user::Model>, DbError> {
-    let Some(token) = api_token::Entity::find()
-        .filter(api_token::Column::KeyHash.eq(key_hash))
+    use sea_orm::sea_query::{Condition, Query};
+    let live_token = Query::select()
+        .column(api_token::Column::UserId)
+        .from(api_token::Entity)
+        .and_where(api_token::Column::KeyHash.eq(key_hash))
+        .and_where(api_token::Column::RevokedAt.is_null())
+        .cond_where(
+            Condition::any()
+                .add(api_token::Column::ExpiresAt.is_null())
+                .add(api_token::Column::ExpiresAt.gt(Utc::now())),
+        )
+        .to_owned();
+    Ok(user::Entity::find()
+        .filter(user::Column::Id.in_subquery(live_token))
         .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    if token.revoked_at.is_some() || token.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Ok(None);
-    }
-    Ok(user::Entity::find_by_id(token.user_id).one(db).await?)
+        .await?)
 }
 
 pub async fn find(db: &DatabaseConnection, id: i64) -> Result<Option<user::Model>, DbError> {
