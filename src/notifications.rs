@@ -191,14 +191,8 @@ pub async fn create(
         }
     }
     let (recipients, postboxes) = match draft.target {
-        Target::User(id) => (
-            1,
-            db::notifications::postbox_count(&state.db, Audience::Users(&[id])).await?,
-        ),
-        Target::College(id) => (
-            db::notifications::college_members(&state.db, id).await?,
-            db::notifications::postbox_count(&state.db, Audience::College(id)).await?,
-        ),
+        Target::User(id) => db::notifications::reach(&state.db, Audience::Users(&[id])).await?,
+        Target::College(id) => db::notifications::reach(&state.db, Audience::College(id)).await?,
     };
     Ok(Created {
         notification: NotificationView::new(&stored, None),

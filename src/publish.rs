@@ -125,7 +125,7 @@ pub async fn publish(
                 .await?;
         }
     }
-    let (recipients, postboxes) = count(state, target).await?;
+    let (recipients, postboxes) = db::notifications::reach(&state.db, target).await?;
     tracing::info!(service = %caller.0.name, event = %req.event, recipients, postboxes, "host event published");
     Ok(Published {
         event_id: Some(event.id),
@@ -165,20 +165,6 @@ async fn checked_users(state: &AppState, users: &[i64]) -> Result<Vec<i64>, AppE
     Ok(users)
 }
 
-/// Users addressed and postboxes reached.
-async fn count(state: &AppState, target: Audience<'_>) -> Result<(u64, u64), AppError> {
-    let recipients = match target {
-        Audience::Users(users) => users.len() as u64,
-        Audience::College(college) => {
-            db::notifications::college_members(&state.db, college).await?
-        }
-    };
-    Ok((
-        recipients,
-        db::notifications::postbox_count(&state.db, target).await?,
-    ))
-}
-
 /// `event: "notification"` from a host: stored like a staff notification, one per user in a list.
 async fn publish_notification(
     state: &AppState,
@@ -209,7 +195,7 @@ async fn publish_notification(
                 .id,
         );
     }
-    let (recipients, postboxes) = count(state, target).await?;
+    let (recipients, postboxes) = db::notifications::reach(&state.db, target).await?;
     tracing::info!(service = %caller.0.name, recipients, postboxes, "host notification published");
     Ok(Published {
         event_id: None,

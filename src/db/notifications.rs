@@ -250,21 +250,18 @@ pub async fn existing_users(db: &DatabaseConnection, ids: &[i64]) -> Result<Vec<
         .await?)
 }
 
-/// How many users a college has.
-pub async fn college_members(db: &DatabaseConnection, college_id: i64) -> Result<u64, DbError> {
-    Ok(user::Entity::find()
-        .filter(user::Column::CollegeId.eq(college_id))
-        .count(db)
-        .await?)
-}
-
-/// How many postboxes the users of `scope` have: each user's default postbox plus one per registered
-/// client. `scope` is a list of users or a college.
-pub async fn postbox_count(db: &DatabaseConnection, scope: Audience<'_>) -> Result<u64, DbError> {
+/// How far `scope` reaches: its users, and their postboxes (each user's default postbox plus one per
+/// registered client).
+pub async fn reach(db: &DatabaseConnection, scope: Audience<'_>) -> Result<(u64, u64), DbError> {
     use super::entities::client;
     let users = match scope {
         Audience::Users(ids) => ids.len() as u64,
-        Audience::College(college) => college_members(db, college).await?,
+        Audience::College(college) => {
+            user::Entity::find()
+                .filter(user::Column::CollegeId.eq(college))
+                .count(db)
+                .await?
+        }
     };
     let clients = client::Entity::find().filter(match scope {
         Audience::Users(ids) => client::Column::UserId.is_in(ids.to_vec()),
@@ -276,7 +273,7 @@ pub async fn postbox_count(db: &DatabaseConnection, scope: Audience<'_>) -> Resu
                 .to_owned(),
         ),
     });
-    Ok(users + clients.count(db).await?)
+    Ok((users, users + clients.count(db).await?))
 }
 
 /// Who an event or notification is addressed to.
