@@ -51,23 +51,18 @@ done
 
 mkdir -p target/fuzz
 status=0
-schemathesis --config-file tests/fuzz/schemathesis.toml run "http://127.0.0.1:$port/api/openapi.json" \
-  --checks all \
-  --max-examples "$examples" \
-  --header "Authorization: Token $admin" \
-  --exclude-path /api/v1/publish/ \
-  --request-timeout 10 \
-  --report junit --report-junit-path target/fuzz/junit.xml \
-  --seed "${FUZZ_SEED:-20261124}" || status=$?
+fuzz() { # junit-report-name schemathesis-options...
+  local report=$1; shift
+  schemathesis --config-file tests/fuzz/schemathesis.toml run "http://127.0.0.1:$port/api/openapi.json" \
+    --checks all \
+    --max-examples "$examples" \
+    --request-timeout 10 \
+    --report junit --report-junit-path "target/fuzz/$report.xml" \
+    --seed "${FUZZ_SEED:-20261124}" "$@" || status=$?
+}
+fuzz junit --header "Authorization: Token $admin" --exclude-path /api/v1/publish/
 # The publish API takes a service token, not a user's.
-schemathesis --config-file tests/fuzz/schemathesis.toml run "http://127.0.0.1:$port/api/openapi.json" \
-  --checks all \
-  --max-examples "$examples" \
-  --header "Authorization: Bearer $service" \
-  --include-path /api/v1/publish/ \
-  --request-timeout 10 \
-  --report junit --report-junit-path target/fuzz/junit-publish.xml \
-  --seed "${FUZZ_SEED:-20261124}" || status=$?
+fuzz junit-publish --header "Authorization: Bearer $service" --include-path /api/v1/publish/
 if grep -qE "panicked|ERROR" "$work/postbox.log"; then
   echo "fuzz: the server logged errors:" >&2
   grep -E "panicked|ERROR" "$work/postbox.log" | head -20 >&2

@@ -48,9 +48,15 @@ pub struct TokenSecret {
 }
 
 impl TokenSecret {
+    /// A user token: 40 random hex characters.
     pub fn generate() -> Self {
+        Self::generate_with_prefix("")
+    }
+
+    /// `prefix` followed by 40 random hex characters.
+    pub fn generate_with_prefix(prefix: &str) -> Self {
         let bytes: [u8; 20] = rand::rng().random();
-        let key = hex::encode(bytes);
+        let key = format!("{prefix}{}", hex::encode(bytes));
         TokenSecret {
             key_hash: hash_token(&key),
             prefix: key[..8].to_owned(),
@@ -147,11 +153,7 @@ pub const SERVICE_TOKEN_PREFIX: &str = "pbs_";
 impl ServiceCaller {
     /// A new service token: `pbs_` and 40 random hex characters; the database keeps its digest.
     pub fn generate() -> TokenSecret {
-        let mut secret = TokenSecret::generate();
-        secret.key = format!("{SERVICE_TOKEN_PREFIX}{}", secret.key);
-        secret.key_hash = hash_token(&secret.key);
-        secret.prefix = secret.key[..8].to_owned();
-        secret
+        TokenSecret::generate_with_prefix(SERVICE_TOKEN_PREFIX)
     }
 }
 

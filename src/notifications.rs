@@ -140,7 +140,7 @@ pub async fn create(
     }
     let data = match draft.data {
         None | Some(serde_json::Value::Null) => None,
-        Some(v @ serde_json::Value::Object(_)) => Some(check_size(state, v)?),
+        Some(v @ serde_json::Value::Object(_)) => Some(check_size(state, &v)?),
         Some(_) => return Err(AppError::field("data", "must be a JSON object")),
     };
     let (user_id, college_id) = match draft.target {
@@ -217,7 +217,7 @@ fn event_data(view: &NotificationView) -> serde_json::Value {
 }
 
 /// Serialises a JSON payload, refusing it beyond the configured event size (413).
-pub fn check_size(state: &AppState, value: serde_json::Value) -> Result<String, AppError> {
+pub fn check_size(state: &AppState, value: &serde_json::Value) -> Result<String, AppError> {
     let text = value.to_string();
     if text.len() > state.config.max_event_bytes {
         return Err(AppError::PayloadTooLarge(format!(

@@ -104,7 +104,7 @@ pub async fn publish(
     if req.event == kind::NOTIFICATION {
         return publish_notification(state, caller, req.data, target).await;
     }
-    check_size(state, req.data.clone())?;
+    check_size(state, &req.data)?;
     state.broker.ensure_available().await?;
     let event = Event::new(&req.event, req.data);
     let payload = event.to_bytes();
