@@ -17,7 +17,7 @@ use sea_orm::{
 
 use super::{
     DbError,
-    chat::{PendingEvent, insert_outbox},
+    chat::{PendingEvent, insert_outbox_for},
     entities::{support_chat, support_message, user},
 };
 
@@ -100,9 +100,7 @@ async fn insert_events(
 ) -> Result<Vec<PendingEvent>, DbError> {
     let mut pending = Vec::new();
     for (keys, payload) in events {
-        for key in keys {
-            pending.push(insert_outbox(txn, key, payload.clone()).await?);
-        }
+        pending.extend(insert_outbox_for(txn, keys, payload).await?);
     }
     Ok(pending)
 }
