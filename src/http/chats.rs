@@ -21,7 +21,7 @@ use crate::{
     events::MessageView,
     http::{
         docs::{MAX_ID, id_schema, literal_schema, nullable},
-        extract::{Json, Query, parse_json},
+        extract::{Json, Query, parse_json, query_time},
     },
     state::AppState,
 };
@@ -455,9 +455,9 @@ fn parse_since(s: &str) -> Result<Cursor, AppError> {
             _ => Err(AppError::field("since", "is too large")),
         };
     }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| Cursor::SinceTime(t.with_timezone(&chrono::Utc)))
-        .map_err(|_| AppError::field("since", "must be a message id or an RFC 3339 time"))
+    query_time(s)
+        .map(Cursor::SinceTime)
+        .ok_or_else(|| AppError::field("since", "must be a message id or an RFC 3339 time"))
 }
 
 /// What to mark read: a conversation (by id or by the other user, or given by message ids), optionally

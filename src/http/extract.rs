@@ -67,3 +67,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         }
     }
 }
+
+/// An RFC 3339 time from a query string. A `+` offset sent unencoded arrives as a space; it is read as
+/// the `+` it was.
+pub fn query_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    parse(s)
+        .or_else(|| {
+            let i = s.len().checked_sub(6)?;
+            (s.as_bytes()[i] == b' ' && s.is_char_boundary(i))
+                .then(|| parse(&format!("{}+{}", &s[..i], &s[i + 1..])))
+                .flatten()
+        })
+        .map(|t| t.with_timezone(&chrono::Utc))
+}

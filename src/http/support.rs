@@ -17,7 +17,7 @@ use crate::{
     http::{
         chats::Id,
         docs::literal_schema,
-        extract::{Json, Query},
+        extract::{Json, Query, query_time},
     },
     state::AppState,
     support::{self, Agent, StatusFilter, SupportChatView, SupportMessageView, SupportMessages},
@@ -40,17 +40,10 @@ pub struct SinceParams {
     since: Option<String>,
 }
 
-/// `since` as a time. A `+` offset sent unencoded arrives as a space; it is read as the `+` it was.
+/// `since` as a time (see [`query_time`]).
 fn parse_since(since: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
     let Some(s) = since else { return Ok(None) };
-    let parse = |s: &str| DateTime::parse_from_rfc3339(s).ok();
-    let parsed = parse(s).or_else(|| {
-        let i = s.len().checked_sub(6)?;
-        (s.as_bytes()[i] == b' ' && s.is_char_boundary(i))
-            .then(|| parse(&format!("{}+{}", &s[..i], &s[i + 1..])))
-            .flatten()
-    });
-    parsed.map(|t| Some(t.with_timezone(&Utc))).ok_or_else(|| {
+    query_time(s).map(Some).ok_or_else(|| {
         AppError::field(
             "since",
             "must be an RFC 3339 time, e.g. 2025-10-14T23:30:00.000Z",
