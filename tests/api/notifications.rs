@@ -257,6 +257,27 @@ async fn changing_a_users_college_moves_their_postbox_binding() {
         .await
         .unwrap();
     assert_error(resp, StatusCode::NOT_FOUND).await;
+
+    // Bad input answers 400 with the JSON error shape and changes nothing.
+    for body in [
+        json!({"role": "king"}),
+        json!({"college_id": -1}),
+        json!({"display_name": "   "}),
+        json!({"nickname": "x"}),
+    ] {
+        let resp = app
+            .client
+            .patch(app.url(&format!("/api/v1/admin/users/{}/", user.id)))
+            .header("Authorization", format!("Token {}", admin.token))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, StatusCode::BAD_REQUEST).await;
+    }
+    let (_, me) = app.get_json(&user, "/api/v1/communication/me/").await;
+    assert_eq!(me["college_id"], new, "refused changes changed nothing");
+    assert_eq!(me["role"], "member");
 }
 
 #[tokio::test]
