@@ -9,6 +9,38 @@ use crate::{
     events::UserView,
 };
 
+/// User ids known to exist. Users are never deleted, so an id found once is known for good and the
+/// hot paths (every send checks its receiver) skip the query. Bounded: past the cap it starts over.
+#[derive(Clone, Default)]
+pub struct KnownUsers {
+    ids: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+}
+
+/// Ids remembered at most.
+const KNOWN_USERS_MAX: usize = 1_000_000;
+
+impl KnownUsers {
+    /// Whether user `id` exists.
+    pub async fn exists(
+        &self,
+        db: &sea_orm::DatabaseConnection,
+        id: i64,
+    ) -> Result<bool, AppError> {
+        if self.ids.lock().expect("known users lock").contains(&id) {
+            return Ok(true);
+        }
+        let found = db::users::find(db, id).await?.is_some();
+        if found {
+            let mut ids = self.ids.lock().expect("known users lock");
+            if ids.len() >= KNOWN_USERS_MAX {
+                ids.clear();
+            }
+            ids.insert(id);
+        }
+        Ok(found)
+    }
+}
+
 /// A created user with its API token, shown once.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedUser {
@@ -133,6 +165,17 @@ pub async fn update_user(
     )
     .await?
     .ok_or_else(|| AppError::NotFound(format!("user {id} does not exist")))?;
+    // Requests authenticated from now on see the change, here at once and in the other instances as
+    // soon as they hear of it.
+    state.tokens.forget_user(id);
+    if let Err(e) = crate::control::send(
+        &state.broker,
+        &crate::control::Control::UserChanged { user_id: id },
+    )
+    .await
+    {
+        tracing::warn!(error = %e, user_id = id, "could not tell other instances that a user changed; their token caches expire it");
+    }
     let (old, new) = (
         crate::clients::groups_of(&before),
         crate::clients::groups_of(&after),

@@ -8,6 +8,13 @@ use axum::{
     extract::FromRequestParts,
     http::{header, request::Parts},
 };
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -136,10 +143,167 @@ impl FromRequestParts<AppState> for AuthUser {
         if key.is_empty() || key.len() > 128 {
             return Err(AppError::Unauthorized("invalid token".into()));
         }
-        match db::users::find_by_token_hash(&state.db, &hash_token(&key)).await? {
-            Some(user) => Ok(AuthUser(user)),
-            None => Err(AppError::Unauthorized("invalid token".into())),
+        lookup(state, hash_token(&key), false).await.map(AuthUser)
+    }
+}
+
+/// The user of a long poll or an event stream, authenticated through the [`TokenCache`] (a client
+/// polls every few seconds: the token query would be most of an idle poll's cost).
+///
+/// Only for handlers that register in the waiting registry ([`crate::control::Waiting`]) with the
+/// request's [`TokenHash`] before they hand out anything: a revocation that races with a cache hit is
+/// caught there (the registry remembers recent revocations), so a revoked token never receives events.
+/// Every other request authenticates against the database ([`AuthUser`]): a revoked token is refused
+/// the moment `postbox tokens revoke` committed.
+#[derive(Debug, Clone)]
+pub struct PollingUser(pub user::Model);
+
+impl FromRequestParts<AppState> for PollingUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        match token_from_parts(parts) {
+            Some(key) if !key.is_empty() && key.len() <= 128 => {
+                lookup(state, hash_token(&key), true).await.map(PollingUser)
+            }
+            // Missing or malformed: the same answer as everywhere else.
+            _ => AuthUser::from_request_parts(parts, state)
+                .await
+                .map(|AuthUser(user)| PollingUser(user)),
         }
+    }
+}
+
+/// The user of a live token: from the cache when `cached` and remembered there, else from the database
+/// (and then remembered, for the polling path).
+async fn lookup(state: &AppState, key_hash: String, cached: bool) -> Result<user::Model, AppError> {
+    if cached && let Some(user) = state.tokens.get(&key_hash) {
+        return Ok(user);
+    }
+    let generation = state.tokens.generation();
+    // Boxed: a database future is large, and inline it would enlarge every handler's future for the
+    // whole request (a long poll waits for seconds).
+    match Box::pin(db::users::find_by_token_hash(&state.db, &key_hash)).await? {
+        Some((user, expires_at)) => {
+            state.tokens.insert(key_hash, &user, expires_at, generation);
+            Ok(user)
+        }
+        None => Err(AppError::Unauthorized("invalid token".into())),
+    }
+}
+
+/// Tokens authenticated lately, with their user, so most polls skip the token query ([`PollingUser`]). Only live tokens are remembered (an unknown token always asks the database), each for
+/// at most the configured time and never past the token's own expiry.
+///
+/// Revoking a token or changing a user forgets the entries at once: in this process directly, in the
+/// others through the control message (`crate::control`). A lookup that raced with such a change is not
+/// remembered (the generation moved on while it ran).
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: Arc<Mutex<TokenCacheInner>>,
+    ttl: Duration,
+}
+
+struct TokenCacheInner {
+    entries: HashMap<String, Remembered>,
+    generation: u64,
+}
+
+struct Remembered {
+    user: user::Model,
+    until: Instant,
+    /// The token's own expiry, checked on every hit.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Entries kept at most; beyond, stale entries are dropped, then everything.
+const TOKEN_CACHE_MAX: usize = 200_000;
+
+impl TokenCache {
+    /// A cache remembering tokens for `ttl` (zero: never).
+    pub fn new(ttl: Duration) -> Self {
+        TokenCache {
+            inner: Arc::new(Mutex::new(TokenCacheInner {
+                entries: HashMap::new(),
+                generation: 0,
+            })),
+            ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TokenCacheInner> {
+        self.inner.lock().expect("token cache lock")
+    }
+
+    /// The user of a remembered, still live token.
+    pub fn get(&self, key_hash: &str) -> Option<user::Model> {
+        let mut inner = self.lock();
+        let entry = inner.entries.get(key_hash)?;
+        if entry.until > Instant::now() && entry.expires_at.is_none_or(|t| t > Utc::now()) {
+            return Some(entry.user.clone());
+        }
+        inner.entries.remove(key_hash);
+        None
+    }
+
+    /// Where the cache stands; pass it to [`TokenCache::insert`] after the lookup.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Remembers a token found live by a lookup that started at `generation`.
+    pub fn insert(
+        &self,
+        key_hash: String,
+        user: &user::Model,
+        expires_at: Option<DateTime<Utc>>,
+        generation: u64,
+    ) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        if inner.entries.len() >= TOKEN_CACHE_MAX {
+            let now = Instant::now();
+            inner.entries.retain(|_, e| e.until > now);
+            if inner.entries.len() >= TOKEN_CACHE_MAX {
+                inner.entries.clear();
+            }
+        }
+        inner.entries.insert(
+            key_hash,
+            Remembered {
+                user: user.clone(),
+                until: Instant::now() + self.ttl,
+                expires_at,
+            },
+        );
+    }
+
+    /// Forgets these tokens (revoked).
+    pub fn forget_tokens(&self, key_hashes: &[String]) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        for hash in key_hashes {
+            inner.entries.remove(hash);
+        }
+    }
+
+    /// Forgets every token of a user (the user changed: role, college, name).
+    pub fn forget_user(&self, user_id: i64) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.entries.retain(|_, e| e.user.id != user_id);
+    }
+
+    /// Forgets everything (the control listener reconnected: it may have missed messages).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.entries.clear();
     }
 }
 
@@ -194,6 +358,53 @@ mod tests {
         assert_eq!(a.key_hash, hash_token(&a.key));
         assert_ne!(a.key_hash, a.key);
         assert!(a.key.starts_with(&a.prefix));
+    }
+
+    fn user(id: i64) -> user::Model {
+        user::Model {
+            id,
+            username: format!("u{id}"),
+            display_name: format!("U{id}"),
+            college_id: None,
+            role: "member".into(),
+            created_at: Utc::now(),
+            last_seen_at: None,
+            online_until: None,
+            is_online: false,
+        }
+    }
+
+    #[test]
+    fn the_token_cache_remembers_live_tokens_and_forgets_on_change() {
+        let cache = TokenCache::new(Duration::from_secs(60));
+        let g = cache.generation();
+        cache.insert("a".into(), &user(1), None, g);
+        cache.insert("b".into(), &user(1), None, g);
+        cache.insert("c".into(), &user(2), None, g);
+        assert_eq!(cache.get("a").map(|u| u.id), Some(1));
+        cache.forget_tokens(&["a".into()]);
+        assert!(cache.get("a").is_none());
+        assert!(cache.get("b").is_some());
+        cache.forget_user(1);
+        assert!(cache.get("b").is_none());
+        assert_eq!(cache.get("c").map(|u| u.id), Some(2));
+        cache.clear();
+        assert!(cache.get("c").is_none());
+    }
+
+    #[test]
+    fn the_token_cache_skips_raced_lookups_expired_tokens_and_a_zero_ttl() {
+        let cache = TokenCache::new(Duration::from_secs(60));
+        let before = cache.generation();
+        cache.forget_tokens(&["a".into()]); // a revocation while the lookup ran
+        cache.insert("a".into(), &user(1), None, before);
+        assert!(cache.get("a").is_none(), "a raced lookup is not remembered");
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        cache.insert("e".into(), &user(1), Some(past), cache.generation());
+        assert!(cache.get("e").is_none(), "an expired token is never served");
+        let off = TokenCache::new(Duration::ZERO);
+        off.insert("a".into(), &user(1), None, off.generation());
+        assert!(off.get("a").is_none());
     }
 
     #[test]

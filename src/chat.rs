@@ -56,7 +56,7 @@ pub async fn send_message(
             "you cannot send a message to yourself".into(),
         ));
     }
-    if db::users::find(&state.db, receiver_id).await?.is_none() {
+    if !state.users.exists(&state.db, receiver_id).await? {
         return Err(AppError::NotFound(format!(
             "user {receiver_id} does not exist"
         )));
@@ -363,7 +363,7 @@ pub async fn typing(
     if receiver_id == me.id {
         return Err(AppError::Forbidden("you cannot type to yourself".into()));
     }
-    if db::users::find(&state.db, receiver_id).await?.is_none() {
+    if !state.users.exists(&state.db, receiver_id).await? {
         return Err(AppError::NotFound(format!(
             "user {receiver_id} does not exist"
         )));

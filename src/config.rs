@@ -105,6 +105,12 @@ pub struct Config {
     )]
     pub consumer_linger_secs: u64,
 
+    /// Seconds an authenticated token is remembered, so most requests skip the token query. A revoked
+    /// token or a changed user is forgotten at once in every instance (control message); this bounds
+    /// staleness only while an instance cannot hear RabbitMQ. 0 turns the cache off.
+    #[arg(long = "auth-cache", env = "POSTBOX_AUTH_CACHE", default_value_t = 30)]
+    pub auth_cache_secs: u64,
+
     /// Registered clients (tabs, devices) one user may have, each with its own postbox; registering one
     /// more evicts the least recently seen.
     #[arg(long, env = "POSTBOX_MAX_CLIENTS_PER_USER", default_value_t = 10)]
@@ -252,6 +258,10 @@ impl Config {
 
     pub fn consumer_linger(&self) -> Duration {
         Duration::from_secs(self.consumer_linger_secs)
+    }
+
+    pub fn auth_cache(&self) -> Duration {
+        Duration::from_secs(self.auth_cache_secs)
     }
 
     pub fn backend_timeout(&self) -> Duration {

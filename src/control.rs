@@ -1,13 +1,18 @@
 //! Control messages between Postbox processes, over RabbitMQ: a durable fanout exchange
 //! `<prefix>.control`; every serving instance binds its own exclusive, auto-deleted queue to it.
 //!
-//! Today one message exists: `token_revoked` (sent by `postbox tokens revoke`), which ends at once, with
-//! 401, every poll waiting with one of the revoked tokens, in every instance.
+//! - `token_revoked` (sent by `postbox tokens revoke`) ends at once, with 401, every poll waiting with one
+//!   of the revoked tokens, in every instance, and drops the tokens from every instance's token cache.
+//! - `user_changed` (sent when an admin changes a user's role, college or name) drops that user's
+//!   tokens from every instance's token cache, so the next request sees the change.
+//!
+//! While the listener is disconnected it may miss messages, so it empties the token cache each time it
+//! (re)connects; the cache's time limit bounds what an instance cut off from RabbitMQ can miss.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
@@ -22,13 +27,18 @@ use lapin::{
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError};
+use crate::{
+    auth::TokenCache,
+    broker::{Broker, BrokerError},
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
     /// These token digests were revoked: end the polls waiting with them.
     TokenRevoked { key_hashes: Vec<String> },
+    /// This user's role, college or name changed: forget their cached tokens.
+    UserChanged { user_id: i64 },
 }
 
 /// The polls waiting with one token: (registration id, what ends them).
@@ -37,9 +47,20 @@ type Waiters = Vec<(u64, CancellationToken)>;
 /// Polls waiting now, by the digest of the token they authenticated with.
 #[derive(Clone, Default)]
 pub struct Waiting {
-    inner: Arc<Mutex<HashMap<String, Waiters>>>,
+    inner: Arc<Mutex<WaitingInner>>,
     next: Arc<std::sync::atomic::AtomicU64>,
 }
+
+#[derive(Default)]
+struct WaitingInner {
+    polls: HashMap<String, Waiters>,
+    /// Digests revoked lately, with when: a poll authenticated from the token cache an instant before
+    /// the revocation arrived registers after it, and must end at once all the same.
+    recent: HashMap<String, Instant>,
+}
+
+/// How long a revocation is remembered for polls registering late (far longer than the race it covers).
+const RECENT_REVOCATIONS: Duration = Duration::from_secs(60);
 
 /// Removes a waiting poll from the registry when dropped.
 pub struct WaitingGuard {
@@ -51,27 +72,37 @@ pub struct WaitingGuard {
 
 impl Drop for WaitingGuard {
     fn drop(&mut self) {
-        let mut map = self.waiting.inner.lock().expect("waiting lock");
-        if let Some(list) = map.get_mut(&self.key_hash) {
+        let mut inner = self.waiting.inner.lock().expect("waiting lock");
+        if let Some(list) = inner.polls.get_mut(&self.key_hash) {
             list.retain(|(id, _)| *id != self.id);
             if list.is_empty() {
-                map.remove(&self.key_hash);
+                inner.polls.remove(&self.key_hash);
             }
         }
     }
 }
 
 impl Waiting {
-    /// Registers a poll waiting with this token; its `revoked` token fires if the token is revoked.
+    /// Registers a poll waiting with this token; its `revoked` token fires if the token is revoked, or
+    /// at once if it was revoked lately.
     pub fn register(&self, key_hash: &str) -> WaitingGuard {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let revoked = CancellationToken::new();
-        self.inner
-            .lock()
-            .expect("waiting lock")
-            .entry(key_hash.to_owned())
-            .or_default()
-            .push((id, revoked.clone()));
+        {
+            let mut inner = self.inner.lock().expect("waiting lock");
+            if inner
+                .recent
+                .get(key_hash)
+                .is_some_and(|at| at.elapsed() < RECENT_REVOCATIONS)
+            {
+                revoked.cancel();
+            }
+            inner
+                .polls
+                .entry(key_hash.to_owned())
+                .or_default()
+                .push((id, revoked.clone()));
+        }
         WaitingGuard {
             waiting: self.clone(),
             key_hash: key_hash.to_owned(),
@@ -80,12 +111,17 @@ impl Waiting {
         }
     }
 
-    /// Ends the polls waiting with these tokens.
+    /// Ends the polls waiting with these tokens, and those registering with them for a while.
     pub fn revoke(&self, key_hashes: &[String]) -> usize {
-        let map = self.inner.lock().expect("waiting lock");
+        let mut inner = self.inner.lock().expect("waiting lock");
+        inner
+            .recent
+            .retain(|_, at| at.elapsed() < RECENT_REVOCATIONS);
+        let now = Instant::now();
         let mut ended = 0;
         for hash in key_hashes {
-            for (_, token) in map.get(hash).into_iter().flatten() {
+            inner.recent.insert(hash.clone(), now);
+            for (_, token) in inner.polls.get(hash).into_iter().flatten() {
                 token.cancel();
                 ended += 1;
             }
@@ -140,10 +176,15 @@ pub async fn send(broker: &Broker, message: &Control) -> Result<(), BrokerError>
 }
 
 /// Receives control messages until `shutdown`, reconnecting after broker failures.
-pub async fn run(broker: Broker, waiting: Waiting, shutdown: CancellationToken) {
+pub async fn run(
+    broker: Broker,
+    waiting: Waiting,
+    tokens: TokenCache,
+    shutdown: CancellationToken,
+) {
     loop {
         let result = tokio::select! {
-            r = listen(&broker, &waiting) => r,
+            r = listen(&broker, &waiting, &tokens) => r,
             _ = shutdown.cancelled() => break,
         };
         if let Err(e) = result {
@@ -156,7 +197,11 @@ pub async fn run(broker: Broker, waiting: Waiting, shutdown: CancellationToken) 
     }
 }
 
-async fn listen(broker: &Broker, waiting: &Waiting) -> Result<(), BrokerError> {
+async fn listen(
+    broker: &Broker,
+    waiting: &Waiting,
+    tokens: &TokenCache,
+) -> Result<(), BrokerError> {
     let channel = broker.disposable_channel().await?;
     let exchange = declare_exchange(&channel, broker).await?;
     // Named under the prefix (not server-named `amq.gen-*`), so the recommended permissions
@@ -200,12 +245,19 @@ async fn listen(broker: &Broker, waiting: &Waiting) -> Result<(), BrokerError> {
         )
         .await
         .map_err(|e| BrokerError::classify(e, "control consume"))?;
+    // Listening from here on; whatever was sent while we were not is unknown.
+    tokens.clear();
     while let Some(next) = consumer.next().await {
         let delivery = next.map_err(|e| BrokerError::classify(e, "control consume"))?;
         match serde_json::from_slice::<Control>(&delivery.data) {
             Ok(Control::TokenRevoked { key_hashes }) => {
+                tokens.forget_tokens(&key_hashes);
                 let ended = waiting.revoke(&key_hashes);
                 tracing::info!(tokens = key_hashes.len(), ended, "tokens revoked");
+            }
+            Ok(Control::UserChanged { user_id }) => {
+                tokens.forget_user(user_id);
+                tracing::debug!(user_id, "user changed; cached tokens dropped");
             }
             Err(e) => tracing::warn!(error = %e, "unknown control message"),
         }
@@ -213,4 +265,24 @@ async fn listen(broker: &Broker, waiting: &Waiting) -> Result<(), BrokerError> {
     Err(BrokerError::Unavailable(
         "control consumer cancelled".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_ends_waiting_polls_and_those_registering_late() {
+        let waiting = Waiting::default();
+        let early = waiting.register("a");
+        let other = waiting.register("b");
+        assert_eq!(waiting.revoke(&["a".into()]), 1);
+        assert!(early.revoked.is_cancelled());
+        assert!(!other.revoked.is_cancelled());
+        // A poll that authenticated before the revocation arrived but registers after it.
+        let late = waiting.register("a");
+        assert!(late.revoked.is_cancelled());
+        drop((early, late));
+        assert!(!waiting.register("b").revoked.is_cancelled());
+    }
 }

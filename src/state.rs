@@ -24,5 +24,9 @@ pub struct AppState {
     pub send_limit: RateLimiter,
     /// Polls waiting now, by token digest, so a revoked token ends them at once.
     pub waiting: crate::control::Waiting,
+    /// Tokens authenticated lately, so most requests skip the token query.
+    pub tokens: crate::auth::TokenCache,
+    /// User ids known to exist (users are never deleted).
+    pub users: crate::accounts::KnownUsers,
     pub attachments: Arc<dyn AttachmentStore>,
 }

@@ -66,28 +66,25 @@ pub async fn insert_token<C: ConnectionTrait>(
     .await?)
 }
 
-/// The user owning a live (not revoked, not expired) token with this digest. One statement: every
-/// request runs it.
+/// The user owning a live (not revoked, not expired) token with this digest, and when the token
+/// expires. One statement (a join): every request that misses the token cache runs it.
 pub async fn find_by_token_hash(
     db: &DatabaseConnection,
     key_hash: &str,
-) -> Result<Option<user::Model>, DbError> {
-    use sea_orm::sea_query::{Condition, Query};
-    let live_token = Query::select()
-        .column(api_token::Column::UserId)
-        .from(api_token::Entity)
-        .and_where(api_token::Column::KeyHash.eq(key_hash))
-        .and_where(api_token::Column::RevokedAt.is_null())
-        .cond_where(
+) -> Result<Option<(user::Model, Option<DateTime<Utc>>)>, DbError> {
+    use sea_orm::sea_query::Condition;
+    let found = api_token::Entity::find()
+        .filter(api_token::Column::KeyHash.eq(key_hash))
+        .filter(api_token::Column::RevokedAt.is_null())
+        .filter(
             Condition::any()
                 .add(api_token::Column::ExpiresAt.is_null())
                 .add(api_token::Column::ExpiresAt.gt(Utc::now())),
         )
-        .to_owned();
-    Ok(user::Entity::find()
-        .filter(user::Column::Id.in_subquery(live_token))
+        .find_also_related(user::Entity)
         .one(db)
-        .await?)
+        .await?;
+    Ok(found.and_then(|(token, user)| user.map(|u| (u, token.expires_at))))
 }
 
 pub async fn find(db: &DatabaseConnection, id: i64) -> Result<Option<user::Model>, DbError> {

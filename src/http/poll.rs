@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{AuthUser, TokenHash},
+    auth::{AuthUser, PollingUser, TokenHash},
     broker::postbox::Lease,
     chat,
     error::{AppError, ErrorBody},
@@ -91,7 +91,7 @@ pub struct PollParams {
 )]
 async fn events(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    PollingUser(user): PollingUser,
     TokenHash(token_hash): TokenHash,
     Query(params): Query<PollParams>,
 ) -> Result<Response, AppError> {
@@ -116,8 +116,14 @@ async fn events(
             }
         },
     };
-    let crate::clients::Opened { postbox, gap } =
-        crate::clients::open(&state, &user, params.client_id.as_deref()).await?;
+    // Boxed: the database work of opening is large and done before the wait; inline, its future would
+    // stay part of this handler's state for the whole hold.
+    let crate::clients::Opened { postbox, gap } = Box::pin(crate::clients::open(
+        &state,
+        &user,
+        params.client_id.as_deref(),
+    ))
+    .await?;
     // A gap is announced at once, with whatever the postbox holds right now.
     let deadline = tokio::time::Instant::now()
         + if gap.is_some() {
@@ -133,11 +139,13 @@ async fn events(
         .then(|| params.last_event_id.as_deref().filter(|l| !l.is_empty()));
     let wait = state.broker.hub().wait(&postbox, deadline, max, cursor);
     let result = tokio::select! {
-        r = wait => r,
+        // A revoked token gets nothing, even when events are ready.
+        biased;
         () = waiting.revoked.cancelled() => {
             tracker.finish("revoked");
             return Err(AppError::Unauthorized("the token was revoked".into()));
         }
+        r = wait => r,
     };
     drop(waiting);
     let lease = match result {

@@ -25,7 +25,7 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{AuthUser, TokenHash},
+    auth::{PollingUser, TokenHash},
     broker::{Postbox, postbox::Lease},
     control::WaitingGuard,
     error::{AppError, ErrorBody},
@@ -124,7 +124,7 @@ fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
 )]
 async fn events(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    PollingUser(user): PollingUser,
     TokenHash(token_hash): TokenHash,
     headers: HeaderMap,
     crate::http::extract::Query(params): crate::http::extract::Query<SseParams>,
@@ -148,8 +148,12 @@ async fn events(
             "is longer than 64 characters",
         ));
     }
-    let crate::clients::Opened { postbox, gap } =
-        crate::clients::open(&state, &user, params.client_id.as_deref()).await?;
+    let crate::clients::Opened { postbox, gap } = Box::pin(crate::clients::open(
+        &state,
+        &user,
+        params.client_id.as_deref(),
+    ))
+    .await?;
     let waiting = state.waiting.register(&token_hash);
     let connected = record(
         None,
@@ -246,8 +250,9 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
         .hub()
         .wait(&s.postbox, deadline, max, Some(s.cursor.as_deref()));
     let lease = tokio::select! {
-        r = wait => r,
+        biased;
         () = s.waiting.revoked.cancelled() => return None,
+        r = wait => r,
     };
     match lease {
         Ok(lease) if lease.is_empty() => {

@@ -124,3 +124,61 @@ async fn only_admins_provision_and_input_is_validated() {
     .await;
     assert_eq!(body["error"], "conflict");
 }
+
+#[tokio::test]
+async fn a_user_change_reaches_their_next_poll_in_every_instance() {
+    // Polls authenticate through each instance's token cache. The serving instance forgets the user at
+    // once, the other one on the control message; without it, `b` would serve the old college and
+    // role from memory for the cache's lifetime (30 s) and bind the old college again.
+    let a = spawn_app().await;
+    let b = crate::helpers::spawn_twin(&a).await;
+    let (old, new) = (
+        rand::random::<u32>() as i64 + 2_000_000,
+        rand::random::<u32>() as i64 + 2_000_000,
+    );
+    let admin = a.create_user("boss", "admin").await;
+    let user = a.create_user_in("climber", "member", old).await;
+    assert!(b.poll_events(&user).await.is_empty()); // `b` now remembers the member
+    let resp = a
+        .client
+        .patch(a.url(&format!("/api/v1/admin/users/{}/", user.id)))
+        .header("Authorization", format!("Token {}", admin.token))
+        .json(&json!({"role": "staff", "college_id": new}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (_, me) = a.get_json(&user, "/api/v1/communication/me/").await;
+    assert_eq!(me["role"], "staff");
+
+    // Once `b`'s consumer is gone (linger 2 s), its next poll declares the postbox again with the
+    // user's groups as `b` knows them.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    assert!(b.poll_events(&user).await.is_empty());
+    for (college, title) in [(old, "old college"), (new, "new college")] {
+        let resp = a
+            .post_json(
+                &admin,
+                "/api/v1/communication/notifications/",
+                json!({"college_id": college, "title": title}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let events = b.collect_events(&user, 2, 3).await; // 2: give a wrong one the time to come
+    let titles: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "notification")
+        .map(|e| &e["data"]["title"])
+        .collect();
+    assert_eq!(titles, [&json!("new college")], "{events:?}");
+    // The new role applies on `b` too: staff may notify.
+    let resp = b
+        .post_json(
+            &user,
+            "/api/v1/communication/notifications/",
+            json!({"user_id": admin.id, "title": "hello from staff"}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
