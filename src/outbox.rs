@@ -48,12 +48,14 @@ impl Outbox {
         Ok(())
     }
 
+    /// Publishes an outbox row: to users (one key, or several separated by spaces) or to a group.
     async fn send(&self, routing_key: &str, payload: &[u8]) -> Result<(), BrokerError> {
         match routing_key
-            .strip_prefix("user.")
-            .and_then(|id| id.parse::<i64>().ok())
+            .split(' ')
+            .map(crate::broker::user_id_of_key)
+            .collect::<Option<Vec<i64>>>()
         {
-            Some(user_id) => self.broker.publish_to_user(user_id, payload).await,
+            Some(user_ids) => self.broker.publish_to_users(&user_ids, payload).await,
             // A broadcast nobody is bound to is delivered to nobody, and done.
             None => self
                 .broker

@@ -127,42 +127,54 @@ impl Presence {
     }
 }
 
+/// Announcements running at once; the others wait, small, for their turn (a herd of users coming
+/// online after a restart must not become thousands of concurrent queries).
+static ANNOUNCERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
 /// Sends a `presence` event about `user_id` to each of their contacts, in the background, best effort.
 fn announce(db: DatabaseConnection, broker: Broker, user_id: i64, online: bool) {
     tokio::spawn(async move {
-        let user = match db::users::find(&db, user_id).await {
-            Ok(Some(u)) => u,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, user_id, "cannot announce presence");
-                return;
-            }
+        let Ok(_turn) = ANNOUNCERS.acquire().await else {
+            return;
         };
-        let contacts = match db::chat::contacts(&db, user_id).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, user_id, "cannot announce presence");
-                return;
-            }
-        };
-        let event = Event::new(
-            kind::PRESENCE,
-            json!({
-                "user_id": user.id,
-                "username": user.username,
-                "name": user.display_name,
-                "online": online,
-                "last_seen_at": user.last_seen_at.map(rfc3339),
-            }),
-        )
-        .to_bytes();
-        for contact in contacts {
-            if let Err(e) = broker
-                .publish_ephemeral(contact, &event, PRESENCE_TTL)
-                .await
-            {
-                tracing::warn!(error = %e, user_id, contact, "cannot announce presence");
-            }
-        }
+        // Boxed: the waiting task stays small; the large database future exists only while it runs.
+        Box::pin(announce_now(db, broker, user_id, online)).await;
     });
+}
+
+async fn announce_now(db: DatabaseConnection, broker: Broker, user_id: i64, online: bool) {
+    let user = match db::users::find(&db, user_id).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, user_id, "cannot announce presence");
+            return;
+        }
+    };
+    let contacts = match db::chat::contacts(&db, user_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, user_id, "cannot announce presence");
+            return;
+        }
+    };
+    let event = Event::new(
+        kind::PRESENCE,
+        json!({
+            "user_id": user.id,
+            "username": user.username,
+            "name": user.display_name,
+            "online": online,
+            "last_seen_at": user.last_seen_at.map(rfc3339),
+        }),
+    )
+    .to_bytes();
+    for contact in contacts {
+        if let Err(e) = broker
+            .publish_ephemeral(contact, &event, PRESENCE_TTL)
+            .await
+        {
+            tracing::warn!(error = %e, user_id, contact, "cannot announce presence");
+        }
+    }
 }

@@ -31,7 +31,7 @@ use crate::{
 };
 pub use topology::{
     Postbox, STAFF_ROUTING_KEY, Topology, college_routing_key, group_routing_keys, is_group_key,
-    user_routing_key,
+    user_id_of_key, user_routing_key,
 };
 
 /// A broker failure, classified for the HTTP layer and for `check-rabbitmq`.
@@ -122,6 +122,8 @@ struct Inner {
     topology: Topology,
     connections: deadpool_lapin::Pool,
     publishers: pool::ChannelPool,
+    /// Plain channels for declares, binds and deletes; the pool size bounds how many run at once.
+    declarers: pool::ChannelPool,
     /// Postboxes this process declared, with when: the hot path publishes without declaring. An entry
     /// older than half of `x-expires` is declared again, which also keeps a postbox that receives events
     /// from expiring while it may still hold live ones.
@@ -143,7 +145,9 @@ impl Broker {
         let timeout = config.backend_timeout();
         let topology = Topology::from_config(config);
         let connections = pool::connection_pool(&config.amqp_url, timeout)?;
-        let publishers = pool::channel_pool(connections.clone(), config.publish_channels, timeout)?;
+        let publishers =
+            pool::channel_pool(connections.clone(), config.publish_channels, timeout, true)?;
+        let declarers = pool::channel_pool(connections.clone(), DECLARE_CHANNELS, timeout, false)?;
         let broker = Broker {
             inner: Arc::new(Inner {
                 hub: postbox::Hub::new(
@@ -157,6 +161,7 @@ impl Broker {
                 topology,
                 connections,
                 publishers,
+                declarers,
                 declared: Mutex::new(HashMap::new()),
                 redeclare_after: Duration::from_secs(config.queue_expires_secs / 2),
                 timeout,
@@ -247,19 +252,32 @@ impl Broker {
         .await
     }
 
+    /// Runs an operation that may make the broker close its channel (declares, passive declares,
+    /// deletes) on a pooled plain channel, within the backend timeout (waiting for a channel included).
+    /// A channel the broker closed is dropped by the pool instead of being reused.
+    async fn on_declare_channel<T>(
+        &self,
+        op: impl AsyncFnOnce(&Channel) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        self.with_timeout(async {
+            let channel = self.inner.declarers.get().await.map_err(pool::pool_error)?;
+            let result = op(&channel).await;
+            if !channel.status().connected() {
+                pool::discard(channel);
+            }
+            result
+        })
+        .await
+    }
+
     /// Declares a postbox (queue and binding) now, whatever the cache says, and returns the number of
     /// events it holds. The default per-user postbox is then cached for the publishing path.
     pub async fn declare_postbox(&self, postbox: &Postbox) -> Result<u32, BrokerError> {
-        let channel = self.disposable_channel().await?;
-        let result = self
-            .with_timeout(topology::declare_postbox(
-                &channel,
-                self.topology(),
-                postbox,
-            ))
-            .await;
-        close_quietly(channel).await;
-        let ready = result?;
+        let ready = self
+            .on_declare_channel(async |channel| {
+                topology::declare_postbox(channel, self.topology(), postbox).await
+            })
+            .await?;
         if postbox.client_id.is_none() {
             self.inner
                 .declared
@@ -279,19 +297,16 @@ impl Broker {
 
     /// Whether a queue exists now (passive declare on a disposable channel).
     pub async fn queue_exists(&self, queue: &str) -> Result<bool, BrokerError> {
-        let channel = self.disposable_channel().await?;
         let found = self
-            .with_timeout(topology::passive_queue(&channel, queue))
-            .await;
-        close_quietly(channel).await;
-        Ok(found?.is_some())
+            .on_declare_channel(async |channel| topology::passive_queue(channel, queue).await)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Deletes a queue (a client postbox evicted by the per-user cap). A missing queue is fine.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        let channel = self.disposable_channel().await?;
         let result = self
-            .with_timeout(async {
+            .on_declare_channel(async |channel| {
                 channel
                     .queue_delete(ShortString::from(queue.to_owned()), Default::default())
                     .await
@@ -299,7 +314,6 @@ impl Broker {
                     .map_err(|e| BrokerError::classify(e, queue))
             })
             .await;
-        close_quietly(channel).await;
         match result {
             Err(BrokerError::NotFound(_)) => Ok(()),
             other => other,
@@ -317,19 +331,17 @@ impl Broker {
         new: &[String],
     ) -> Result<(), BrokerError> {
         for queue in queues {
-            let channel = self.disposable_channel().await?;
             let result = self
-                .with_timeout(async {
+                .on_declare_channel(async |channel| {
                     for key in new.iter().filter(|k| !old.contains(k)) {
-                        topology::bind(&channel, self.topology(), queue, key).await?;
+                        topology::bind(channel, self.topology(), queue, key).await?;
                     }
                     for key in old.iter().filter(|k| !new.contains(k)) {
-                        topology::unbind(&channel, self.topology(), queue, key).await?;
+                        topology::unbind(channel, self.topology(), queue, key).await?;
                     }
                     Ok(())
                 })
                 .await;
-            close_quietly(channel).await;
             match result {
                 Ok(()) | Err(BrokerError::NotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -398,6 +410,22 @@ impl Broker {
             }
             other => other,
         }
+    }
+
+    /// Publishes one event to several users' postboxes: one message each, all in flight at once (the
+    /// confirms pipeline on the pooled channels). Each is `mandatory` on its own, so a vanished postbox
+    /// is noticed and declared again whatever the others do. (One message copied by RabbitMQ, with the
+    /// `BCC` header, would be returned only if it reached no postbox at all.) Fails if any publish failed.
+    pub async fn publish_to_users(
+        &self,
+        user_ids: &[i64],
+        payload: &[u8],
+    ) -> Result<(), BrokerError> {
+        let results = futures_util::future::join_all(
+            user_ids.iter().map(|&id| self.publish_to_user(id, payload)),
+        )
+        .await;
+        results.into_iter().collect()
     }
 
     /// Publishes a persistent, mandatory message to the exchange and waits for its confirm.
@@ -516,9 +544,13 @@ impl Broker {
     pub async fn close(&self) {
         self.inner.hub.close().await;
         self.inner.publishers.close();
+        self.inner.declarers.close();
         self.inner.connections.close();
     }
 }
+
+/// Plain channels for declares: at most this many declares run at once per process.
+const DECLARE_CHANNELS: usize = 16;
 
 /// Properties of every event message: persistent (survives a broker restart in a durable queue), JSON.
 /// Header carrying an ephemeral event's expiry (milliseconds since the Unix epoch).

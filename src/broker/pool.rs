@@ -1,8 +1,11 @@
 //! Connection and channel pools.
 //!
 //! deadpool-lapin pools **connections** (a few TCP connections, multiplexed). On top of it,
-//! [`ChannelManager`] pools **publishing channels** in confirm mode. A channel that errored is never
-//! returned to the pool ([`discard`]); recycling drops channels the broker closed.
+//! [`ChannelManager`] pools channels: **publishing channels** in confirm mode, and plain channels for
+//! declares (whose pool size also bounds how many declares run at once, so a herd of first polls after
+//! a restart queues in Postbox instead of swamping RabbitMQ). A channel that errored is never returned
+//! to the pool ([`discard`]); recycling drops channels the broker closed (a failed declare closes its
+//! channel).
 
 use std::time::Duration;
 
@@ -14,10 +17,24 @@ use super::BrokerError;
 
 pub type ChannelPool = managed::Pool<ChannelManager>;
 
+/// The AMQP frame size Postbox proposes unless the URL sets `frame_max`. lapin keeps two buffers of 32
+/// frames per connection; with RabbitMQ's default (128 KiB) that is 8 MiB a connection, with this 1 MiB.
+/// Events are at most `POSTBOX_MAX_EVENT_BYTES` (16 KiB by default); a larger one spans several frames.
+const FRAME_MAX: u32 = 16_384;
+
+/// `url` with Postbox's `frame_max` added when it sets none.
+fn with_frame_max(url: &str) -> String {
+    if url.contains("frame_max=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}frame_max={FRAME_MAX}")
+}
+
 /// Builds the connection pool (no connection is opened until first use).
 pub fn connection_pool(url: &str, timeout: Duration) -> Result<deadpool_lapin::Pool, BrokerError> {
     let mut cfg = deadpool_lapin::Config {
-        url: Some(url.to_owned()),
+        url: Some(with_frame_max(url)),
         ..Default::default()
     };
     let mut pool_cfg = deadpool_lapin::PoolConfig::new(4);
@@ -29,9 +46,10 @@ pub fn connection_pool(url: &str, timeout: Duration) -> Result<deadpool_lapin::P
         .map_err(|e| BrokerError::Unavailable(format!("cannot build the connection pool: {e}")))
 }
 
-/// Creates confirm-mode channels on pooled connections.
+/// Creates channels on pooled connections, in confirm mode or plain.
 pub struct ChannelManager {
     connections: deadpool_lapin::Pool,
+    confirms: bool,
 }
 
 impl managed::Manager for ChannelManager {
@@ -44,10 +62,12 @@ impl managed::Manager for ChannelManager {
             .create_channel()
             .await
             .map_err(|e| BrokerError::classify(e, "channel.open"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| BrokerError::classify(e, "confirm.select"))?;
+        if self.confirms {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| BrokerError::classify(e, "confirm.select"))?;
+        }
         Ok(channel)
     }
 
@@ -60,20 +80,24 @@ impl managed::Manager for ChannelManager {
     }
 }
 
-/// Builds the publishing channel pool.
+/// Builds a channel pool: publishing channels (`confirms`) or plain ones for declares.
 pub fn channel_pool(
     connections: deadpool_lapin::Pool,
     size: usize,
     timeout: Duration,
+    confirms: bool,
 ) -> Result<ChannelPool, BrokerError> {
-    managed::Pool::builder(ChannelManager { connections })
-        .max_size(size)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| BrokerError::Unavailable(format!("cannot build the channel pool: {e}")))
+    managed::Pool::builder(ChannelManager {
+        connections,
+        confirms,
+    })
+    .max_size(size)
+    .wait_timeout(Some(timeout))
+    .create_timeout(Some(timeout))
+    .recycle_timeout(Some(timeout))
+    .runtime(Runtime::Tokio1)
+    .build()
+    .map_err(|e| BrokerError::Unavailable(format!("cannot build the channel pool: {e}")))
 }
 
 /// Removes a channel from its pool for good (it errored); dropping the last clone closes it.
@@ -97,5 +121,26 @@ pub fn pool_error<E: std::fmt::Display + Into<BrokerError>>(
 impl From<lapin::Error> for BrokerError {
     fn from(e: lapin::Error) -> Self {
         BrokerError::classify(e, "connection")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_max_is_added_unless_set() {
+        assert_eq!(
+            with_frame_max("amqp://h/%2f"),
+            "amqp://h/%2f?frame_max=16384"
+        );
+        assert_eq!(
+            with_frame_max("amqp://h/%2f?heartbeat=10"),
+            "amqp://h/%2f?heartbeat=10&frame_max=16384"
+        );
+        assert_eq!(
+            with_frame_max("amqp://h/%2f?frame_max=8192"),
+            "amqp://h/%2f?frame_max=8192"
+        );
     }
 }

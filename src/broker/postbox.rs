@@ -198,7 +198,9 @@ impl Hub {
         let queue = queue.as_str();
         let mut attempts = 0;
         loop {
-            let slot = self.slot(&broker, queue, postbox).await?;
+            // Boxed: attaching (declare, consume) is a large future needed once per postbox; inline it
+            // would enlarge every waiting poll.
+            let slot = Box::pin(self.slot(&broker, queue, postbox)).await?;
             let _user = SlotUser::new(&slot);
             if let Some(last) = cursor {
                 settle_cursor(&slot, last);

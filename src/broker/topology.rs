@@ -166,6 +166,11 @@ pub fn user_routing_key(user_id: i64) -> String {
     format!("user.{user_id}")
 }
 
+/// The user a `user.<id>` routing key addresses; `None` for group keys.
+pub fn user_id_of_key(routing_key: &str) -> Option<i64> {
+    routing_key.strip_prefix("user.")?.parse().ok()
+}
+
 /// Routing key of a college's broadcasts.
 pub fn college_routing_key(college_id: i64) -> String {
     format!("college.{college_id}")

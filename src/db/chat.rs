@@ -18,6 +18,7 @@ const PREVIEW_CHARS: usize = 100;
 #[derive(Debug, Clone)]
 pub struct PendingEvent {
     pub outbox_id: i64,
+    /// One routing key, or several user keys separated by spaces (one row, one publish per user).
     pub routing_key: String,
     pub payload: Vec<u8>,
 }
@@ -129,14 +130,22 @@ pub async fn insert_outbox<C: ConnectionTrait>(
     })
 }
 
-/// Adds one event to the outbox once per routing key, inside the caller's transaction.
+/// Adds one event to the outbox for these routing keys, inside the caller's transaction: one row for
+/// all the user keys (one insert; published to each user's postbox by
+/// [`crate::broker::Broker::publish_to_users`]) and one row per group key.
 pub(crate) async fn insert_outbox_for<C: ConnectionTrait>(
     db: &C,
     routing_keys: Vec<String>,
     payload: Vec<u8>,
 ) -> Result<Vec<PendingEvent>, DbError> {
-    let mut pending = Vec::with_capacity(routing_keys.len());
-    for key in routing_keys {
+    let (users, groups): (Vec<String>, Vec<String>) = routing_keys
+        .into_iter()
+        .partition(|k| crate::broker::user_id_of_key(k).is_some());
+    let mut pending = Vec::with_capacity(1 + groups.len());
+    if !users.is_empty() {
+        pending.push(insert_outbox(db, users.join(" "), payload.clone()).await?);
+    }
+    for key in groups {
         pending.push(insert_outbox(db, key, payload.clone()).await?);
     }
     Ok(pending)
@@ -420,28 +429,15 @@ pub async fn mark_delivered(
     if message_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let pending = chat_message::Entity::find()
+    // One statement (UPDATE ... RETURNING): only the rows this call changed come back, so two polls
+    // racing over the same messages announce each delivery once.
+    Ok(chat_message::Entity::update_many()
+        .col_expr(chat_message::Column::DeliveredAt, Expr::value(delivered_at))
         .filter(chat_message::Column::Id.is_in(message_ids.iter().copied()))
         .filter(chat_message::Column::ReceiverId.eq(receiver_id))
         .filter(chat_message::Column::DeliveredAt.is_null())
-        .all(db)
-        .await?;
-    if pending.is_empty() {
-        return Ok(pending);
-    }
-    chat_message::Entity::update_many()
-        .col_expr(chat_message::Column::DeliveredAt, Expr::value(delivered_at))
-        .filter(chat_message::Column::Id.is_in(pending.iter().map(|m| m.id)))
-        .filter(chat_message::Column::DeliveredAt.is_null())
-        .exec(db)
-        .await?;
-    Ok(pending
-        .into_iter()
-        .map(|mut m| {
-            m.delivered_at = Some(delivered_at);
-            m
-        })
-        .collect())
+        .exec_with_returning(db)
+        .await?)
 }
 
 pub async fn find_message(
