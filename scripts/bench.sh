@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs one benchmark scenario of docs/BENCHMARKS.md against a fresh Postbox (release build, a new
+# database and broker prefix each run), then stops it. Prints the loadtest's table; writes its JSON to
+# bench-results/<scenario>-<time>.json.
+#
+#   scripts/bench.sh a                 # U=1000, R=2000 msg/s, D=20 s
+#   scripts/bench.sh b 800             # U=1000 at R=800 msg/s, D=15 s (search R for (b))
+#   scripts/bench.sh c                 # 10 000 idle pollers for 20 s
+#   scripts/bench.sh d                 # broadcast to 5 000
+#   scripts/bench.sh raw               # the broker alone: publish with confirm + consume, no HTTP, no DB
+#   DB=postgres scripts/bench.sh a     # the same on PostgreSQL (a fresh database on 127.0.0.1:5432)
+#
+# Extra arguments after the scenario (and R for b) go to `postbox loadtest`; DURATION=s lengthens b.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenario=${1:?usage: scripts/bench.sh a|b R|c|d|raw [loadtest args]}
+shift
+rate=""
+if [ "$scenario" = b ]; then
+  rate=${1:?usage: scripts/bench.sh b R}
+  shift
+fi
+
+scripts/services.sh $([ "${DB:-sqlite}" = postgres ] && echo --postgres)
+cargo build --release --quiet --bin postbox
+bin=target/release/postbox
+ulimit -n "$(ulimit -Hn)" || true
+
+run_id="bench$(date +%s)"
+work=$(mktemp -d)
+mkdir -p bench-results
+json="bench-results/${scenario}${rate:+-$rate}-$(date +%Y%m%d-%H%M%S).json"
+if [ "${DB:-sqlite}" = postgres ]; then
+  psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $run_id" >/dev/null
+  export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$run_id"
+else
+  export DATABASE_URL="sqlite://$work/postbox.db?mode=rwc"
+fi
+export POSTBOX_BROKER_PREFIX=$run_id POSTBOX_SEND_RATE=100000 POSTBOX_MESSAGE_TTL=300 \
+  POSTBOX_QUEUE_EXPIRES=600 POSTBOX_DATA_DIR="$work/data" RUST_LOG=${RUST_LOG:-warn}
+port=${PORT:-8100}
+broker_pid=$(pgrep -u rabbitmq -x beam.smp | head -1)
+
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  cp "$work/server.log" "${json%.json}.server.log" 2>/dev/null || true
+  rm -rf "$work"
+  if [ "${DB:-sqlite}" = postgres ]; then
+    psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $run_id" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+lt=("$bin" loadtest --broker-pid "$broker_pid" --json "$json")
+if [ "$scenario" != raw ]; then
+  "$bin" migrate >/dev/null
+  admin=$("$bin" create-user --username bench-admin --role admin | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
+  "$bin" serve --bind "127.0.0.1:$port" >"$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$port/api/v1/communication/poll/test/" >/dev/null && break
+    sleep 0.1
+  done
+  lt+=(--url "http://127.0.0.1:$port" --admin-token "$admin" --server-pid "$server_pid")
+fi
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+case "$scenario" in
+  a) "${lt[@]}" --users 1000 --senders 64 --rate 2000 --duration 20 --drain 10 "$@" ;;
+  b) "${lt[@]}" --users 1000 --senders 64 --rate "$rate" --duration "${DURATION:-15}" --drain 10 "$@" ;;
+  c) "${lt[@]}" --mode idle --users 10000 --duration 20 "$@" ;;
+  d) "${lt[@]}" --mode broadcast --users 5000 --duration 5 --drain 5 "$@" ;;
+  raw) "${lt[@]}" --mode raw --users 1000 --senders 64 --rate 0 --duration 20 --drain 10 "$@" ;;
+  *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+esac
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "JSON: $json"
