@@ -152,6 +152,18 @@ pub struct Config {
     #[arg(long, env = "POSTBOX_PUBLISH_CHANNELS", default_value_t = 32)]
     pub publish_channels: usize,
 
+    /// How broadcasts (college notifications, support messages to the agents) travel: `persistent`
+    /// (on disk in every member's postbox, survives a broker restart) or `transient` (memory only: a
+    /// fan-out to thousands of postboxes is several times faster, and a broker restart drops the ones
+    /// not yet polled; the notification itself stays stored and listed).
+    #[arg(
+        long,
+        env = "POSTBOX_BROADCAST_DELIVERY",
+        value_enum,
+        default_value_t = BroadcastDelivery::Persistent
+    )]
+    pub broadcast_delivery: BroadcastDelivery,
+
     /// Seconds to wait for the broker or the database before answering 503.
     #[arg(
         long = "backend-timeout",
@@ -267,6 +279,13 @@ impl Config {
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_secs(self.backend_timeout_secs)
     }
+}
+
+/// How broadcasts are published (see `Config::broadcast_delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BroadcastDelivery {
+    Persistent,
+    Transient,
 }
 
 /// Replaces the password of a URL with `***`, for logs and error messages.

@@ -129,6 +129,8 @@ struct Inner {
     /// from expiring while it may still hold live ones.
     declared: Mutex<HashMap<i64, Instant>>,
     redeclare_after: Duration,
+    /// AMQP delivery mode of broadcasts: 2 persistent, 1 transient (`POSTBOX_BROADCAST_DELIVERY`).
+    broadcast_mode: u8,
     timeout: Duration,
     hub: postbox::Hub,
     /// Set when an operation failed because RabbitMQ was unreachable; cleared by the next success.
@@ -164,6 +166,10 @@ impl Broker {
                 declarers,
                 declared: Mutex::new(HashMap::new()),
                 redeclare_after: Duration::from_secs(config.queue_expires_secs / 2),
+                broadcast_mode: match config.broadcast_delivery {
+                    crate::config::BroadcastDelivery::Persistent => 2,
+                    crate::config::BroadcastDelivery::Transient => 1,
+                },
                 timeout,
                 unhealthy: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -350,14 +356,16 @@ impl Broker {
         Ok(())
     }
 
-    /// Publishes one event to a group routing key (a college, the staff) and waits for the confirm.
-    /// Returns `false` when no postbox is bound to the key (nobody to deliver to, not an error).
+    /// Publishes one event to a group routing key (a college, the staff) and waits for the confirm;
+    /// persistent or transient as `POSTBOX_BROADCAST_DELIVERY` says. Returns `false` when no postbox is
+    /// bound to the key (nobody to deliver to, not an error).
     pub async fn publish_group(
         &self,
         routing_key: &str,
         payload: &[u8],
     ) -> Result<bool, BrokerError> {
-        match self.publish(routing_key, payload).await {
+        let properties = message_properties().with_delivery_mode(self.inner.broadcast_mode);
+        match self.publish_with(routing_key, payload, properties).await {
             Ok(()) => Ok(true),
             Err(BrokerError::Unroutable(_)) => Ok(false),
             Err(e) => Err(e),

@@ -390,3 +390,50 @@ async fn hosts_publish_to_users_and_colleges_with_service_tokens() {
         "nothing refused was published"
     );
 }
+
+/// The AMQP delivery mode of the next message in a queue (taken off it), waiting for one to arrive.
+async fn next_delivery_mode(app: &TestApp, queue: &str) -> Option<u8> {
+    use lapin::options::BasicGetOptions;
+    let conn = app.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut mode = None;
+    for _ in 0..100 {
+        if let Some(msg) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            mode = msg.delivery.properties.delivery_mode().to_owned();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
+    mode
+}
+
+#[tokio::test]
+async fn broadcasts_are_persistent_unless_configured_transient() {
+    for (delivery, expected) in [
+        (postbox::config::BroadcastDelivery::Persistent, 2),
+        (postbox::config::BroadcastDelivery::Transient, 1),
+    ] {
+        let app = crate::helpers::spawn_app_with(|c| c.broadcast_delivery = delivery).await;
+        let college = fresh_college();
+        let admin = app.create_user("boss", "admin").await;
+        let member = app.create_user_in("member", "member", college).await;
+        assert!(app.poll_events(&member).await.is_empty()); // declares and binds the postbox
+        // Let the consumer go, so the broadcast stays in the queue to be inspected.
+        let resp = app
+            .post_json(&member, "/api/v1/communication/poll/disconnect/", json!({}))
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = notify(&app, &admin, json!({"college_id": college, "title": "hi"})).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(
+            next_delivery_mode(&app, &app.queue_name(&member)).await,
+            Some(expected),
+            "{delivery:?}"
+        );
+    }
+}
