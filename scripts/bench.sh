@@ -37,10 +37,21 @@ if [ "${DB:-sqlite}" = postgres ]; then
 else
   export DATABASE_URL="sqlite://$work/postbox.db?mode=rwc"
 fi
-export POSTBOX_BROKER_PREFIX=$run_id POSTBOX_SEND_RATE=100000 POSTBOX_MESSAGE_TTL=300 \
-  POSTBOX_QUEUE_EXPIRES=600 POSTBOX_DATA_DIR="$work/data" RUST_LOG=${RUST_LOG:-warn}
+# Short expiry: a run's postboxes leave the broker two minutes after it (they would skew the next run).
+export POSTBOX_BROKER_PREFIX=$run_id POSTBOX_SEND_RATE=100000 POSTBOX_MESSAGE_TTL=60 \
+  POSTBOX_QUEUE_EXPIRES=120 POSTBOX_DATA_DIR="$work/data" RUST_LOG=${RUST_LOG:-warn}
 port=${PORT:-8100}
 broker_pid=$(pgrep -u rabbitmq -x beam.smp | head -1)
+
+# Wait (up to 5 minutes) until RabbitMQ is idle: after a large run it spends minutes expiring and
+# deleting thousands of queues, which would be counted against the next run.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$broker_pid/stat"; }
+for _ in $(seq 60); do
+  before=$(cpu_ticks); sleep 2; after=$(cpu_ticks)
+  # Below 0.1 core over 2 s (ticks are 1/100 s).
+  [ $((after - before)) -lt 20 ] && break
+  echo "waiting for RabbitMQ to settle ($((after - before)) ticks in 2 s)"
+done
 
 server_pid=""
 cleanup() {
