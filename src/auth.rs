@@ -4,16 +4,16 @@
 //! Requests carry it as `Authorization: Token <key>` (or `Bearer <key>`) or `?token=<key>` (the seeds'
 //! contract, for `EventSource` and `sendBeacon`, which cannot set headers). Tokens are never logged.
 
-use axum::{
-    extract::FromRequestParts,
-    http::{header, request::Parts},
-};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -192,8 +192,9 @@ async fn lookup(state: &AppState, key_hash: String, cached: bool) -> Result<user
     }
 }
 
-/// Tokens authenticated lately, with their user, so most polls skip the token query ([`PollingUser`]). Only live tokens are remembered (an unknown token always asks the database), each for
-/// at most the configured time and never past the token's own expiry.
+/// Tokens authenticated lately, with their user, so most polls skip the token query ([`PollingUser`]).
+/// Only live tokens are remembered (an unknown token always asks the database), each for at most the
+/// configured time and never past the token's own expiry.
 ///
 /// Revoking a token or changing a user forgets the entries at once: in this process directly, in the
 /// others through the control message (`crate::control`). A lookup that raced with such a change is not
