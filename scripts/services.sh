@@ -34,10 +34,20 @@ ensure_rabbitmq() {
     fi
     if ! port_open 5672; then
       echo "rabbitmq: starting (rabbitmq-server -detached)"
-      as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+      # Debian's wrapper starts the broker through `su`, which leaves it 1 024 file descriptors; with
+      # those it recovers more than ~900 durable queues (leftovers of load tests) so slowly that it
+      # seems hung. Raise the soft limit to the hard one, as the service unit does (65 536).
+      bin=/usr/lib/rabbitmq/bin/rabbitmq-server
+      if [ -x "$bin" ] && id rabbitmq >/dev/null 2>&1; then
+        as_root su rabbitmq -s /bin/sh -c \
+          "ulimit -n \$(ulimit -Hn) 2>/dev/null; cd /var/lib/rabbitmq && $bin -detached" >/dev/null 2>&1 || true
+      else
+        as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+      fi
     fi
-    wait_port 5672 120 RabbitMQ
-    as_root rabbitmqctl -q await_startup --timeout 120 >/dev/null 2>&1 || true
+    # A broker recovering many queues takes minutes to open its port.
+    wait_port 5672 600 RabbitMQ
+    as_root rabbitmqctl -q await_startup --timeout 300 >/dev/null 2>&1 || true
     echo "rabbitmq: running on 127.0.0.1:5672"
   fi
   # The management UI (port 15672) is what operators watch postboxes with; see rabbitmq/README.md.
