@@ -114,78 +114,68 @@ pub fn token_from_parts(parts: &Parts) -> Option<String> {
     })
 }
 
-/// The digest of the token a request carries (no database access), for the revocation registry.
-#[derive(Debug, Clone)]
-pub struct TokenHash(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for TokenHash {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        token_from_parts(parts)
-            .map(|key| TokenHash(hash_token(&key)))
-            .ok_or_else(|| {
-                AppError::Unauthorized("authentication credentials were not provided".into())
-            })
+/// The key a request carries, checked for shape: 401 when it is missing or cannot be a token.
+fn request_key(parts: &Parts) -> Result<String, AppError> {
+    let key = token_from_parts(parts).ok_or_else(|| {
+        AppError::Unauthorized(
+            "authentication credentials were not provided: send `Authorization: Token <key>` or `?token=<key>`"
+                .into(),
+        )
+    })?;
+    if key.is_empty() || key.len() > 128 {
+        return Err(AppError::Unauthorized("invalid token".into()));
     }
+    Ok(key)
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let key = token_from_parts(parts).ok_or_else(|| {
-            AppError::Unauthorized(
-                "authentication credentials were not provided: send `Authorization: Token <key>` or `?token=<key>`"
-                    .into(),
-            )
-        })?;
-        if key.is_empty() || key.len() > 128 {
-            return Err(AppError::Unauthorized("invalid token".into()));
-        }
-        lookup(state, hash_token(&key), false).await.map(AuthUser)
+        let key_hash = hash_token(&request_key(parts)?);
+        lookup(state, &key_hash, false).await.map(AuthUser)
     }
 }
 
 /// The user of a long poll or an event stream, authenticated through the [`TokenCache`] (a client
 /// polls every few seconds: the token query would be most of an idle poll's cost).
 ///
-/// Only for handlers that register in the waiting registry ([`crate::control::Waiting`]) with the
-/// request's [`TokenHash`] before they hand out anything: a revocation that races with a cache hit is
+/// Only for handlers that register in the waiting registry ([`crate::control::Waiting`]) with its
+/// `key_hash` before they hand out anything: a revocation that races with a cache hit is
 /// caught there (the registry remembers recent revocations), so a revoked token never receives events.
 /// Every other request authenticates against the database ([`AuthUser`]): a revoked token is refused
 /// the moment `postbox tokens revoke` committed.
 #[derive(Debug, Clone)]
-pub struct PollingUser(pub user::Model);
+pub struct PollingUser {
+    pub user: user::Model,
+    /// The digest of the token it authenticated with, for the waiting registry.
+    pub key_hash: String,
+}
 
 impl FromRequestParts<AppState> for PollingUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        match token_from_parts(parts) {
-            Some(key) if !key.is_empty() && key.len() <= 128 => {
-                lookup(state, hash_token(&key), true).await.map(PollingUser)
-            }
-            // Missing or malformed: the same answer as everywhere else.
-            _ => AuthUser::from_request_parts(parts, state)
-                .await
-                .map(|AuthUser(user)| PollingUser(user)),
-        }
+        let key_hash = hash_token(&request_key(parts)?);
+        let user = lookup(state, &key_hash, true).await?;
+        Ok(PollingUser { user, key_hash })
     }
 }
 
 /// The user of a live token: from the cache when `cached` and remembered there, else from the database
 /// (and then remembered, for the polling path).
-async fn lookup(state: &AppState, key_hash: String, cached: bool) -> Result<user::Model, AppError> {
-    if cached && let Some(user) = state.tokens.get(&key_hash) {
+async fn lookup(state: &AppState, key_hash: &str, cached: bool) -> Result<user::Model, AppError> {
+    if cached && let Some(user) = state.tokens.get(key_hash) {
         return Ok(user);
     }
     let generation = state.tokens.generation();
     // Boxed: a database future is large, and inline it would enlarge every handler's future for the
     // whole request (a long poll waits for seconds).
-    match Box::pin(db::users::find_by_token_hash(&state.db, &key_hash)).await? {
+    match Box::pin(db::users::find_by_token_hash(&state.db, key_hash)).await? {
         Some((user, expires_at)) => {
-            state.tokens.insert(key_hash, &user, expires_at, generation);
+            state
+                .tokens
+                .insert(key_hash.to_owned(), &user, expires_at, generation);
             Ok(user)
         }
         None => Err(AppError::Unauthorized("invalid token".into())),

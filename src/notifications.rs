@@ -145,7 +145,7 @@ pub async fn create(
     };
     let (user_id, college_id) = match draft.target {
         Target::User(id) => {
-            if !(1..=MAX_ID).contains(&id) || db::users::find(&state.db, id).await?.is_none() {
+            if !(1..=MAX_ID).contains(&id) || !state.users.exists(&state.db, id).await? {
                 return Err(AppError::NotFound(format!("user {id} does not exist")));
             }
             (Some(id), None)

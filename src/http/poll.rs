@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{AuthUser, PollingUser, TokenHash},
+    auth::{AuthUser, PollingUser},
     broker::postbox::Lease,
     chat,
     error::{AppError, ErrorBody},
@@ -91,8 +91,7 @@ pub struct PollParams {
 )]
 async fn events(
     State(state): State<AppState>,
-    PollingUser(user): PollingUser,
-    TokenHash(token_hash): TokenHash,
+    PollingUser { user, key_hash }: PollingUser,
     Query(params): Query<PollParams>,
 ) -> Result<Response, AppError> {
     // Validate everything before any side effect (registration, presence).
@@ -133,7 +132,7 @@ async fn events(
         };
     let max = state.config.queue_max_length as usize;
     let mut tracker = PollTracker::start();
-    let waiting = state.waiting.register(&token_hash);
+    let waiting = state.waiting.register(&key_hash);
     // Cursor mode for registered clients and for anyone sending a cursor; seed mode otherwise.
     let cursor = (params.client_id.is_some() || params.last_event_id.is_some())
         .then(|| params.last_event_id.as_deref().filter(|l| !l.is_empty()));

@@ -25,7 +25,7 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{PollingUser, TokenHash},
+    auth::PollingUser,
     broker::{Postbox, postbox::Lease},
     control::WaitingGuard,
     error::{AppError, ErrorBody},
@@ -124,8 +124,7 @@ fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
 )]
 async fn events(
     State(state): State<AppState>,
-    PollingUser(user): PollingUser,
-    TokenHash(token_hash): TokenHash,
+    PollingUser { user, key_hash }: PollingUser,
     headers: HeaderMap,
     crate::http::extract::Query(params): crate::http::extract::Query<SseParams>,
 ) -> Result<Response, AppError> {
@@ -154,7 +153,7 @@ async fn events(
         params.client_id.as_deref(),
     ))
     .await?;
-    let waiting = state.waiting.register(&token_hash);
+    let waiting = state.waiting.register(&key_hash);
     let connected = record(
         None,
         "connected",
