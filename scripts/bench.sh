@@ -11,7 +11,7 @@
 #   DB=postgres scripts/bench.sh a     # the same on PostgreSQL (a fresh database on 127.0.0.1:5432)
 #
 # Extra arguments after the scenario (and R for b) go to `postbox loadtest`; DURATION=s lengthens b,
-# USERS=n resizes c and d.
+# USERS=n resizes c and d, BIN=path benchmarks that binary instead of building this tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +24,13 @@ if [ "$scenario" = b ]; then
 fi
 
 scripts/services.sh $([ "${DB:-sqlite}" = postgres ] && echo --postgres)
-cargo build --release --quiet --bin postbox
-bin=target/release/postbox
+# BIN=path runs another build (an earlier commit's, to compare) instead of building this tree.
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  cargo build --release --quiet --bin postbox
+  bin=target/release/postbox
+fi
 ulimit -n "$(ulimit -Hn)" || true
 
 run_id="bench$(date +%s)"

@@ -8,11 +8,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
+use sea_orm::DatabaseConnection;
+
 use crate::{
     auth::AuthUser,
-    broker::user_routing_key,
+    broker::{Broker, user_routing_key},
     db::{
         self,
+        batch::Batcher,
         chat::{Cursor, PendingEvent, ReadSelection},
         entities::{chat_message, conversation, user},
     },
@@ -443,40 +446,102 @@ pub async fn online_users(state: &AppState, caller: &AuthUser) -> Result<OnlineU
     })
 }
 
-/// Records that messages were handed to their receiver's client: sets `delivered_at` and tells each
-/// sender with a `delivered` event (best effort).
-pub async fn delivered(
-    state: &AppState,
-    receiver_id: i64,
-    message_ids: &[i64],
-) -> Result<(), AppError> {
-    let now = Utc::now();
-    let delivered: Vec<chat_message::Model> =
-        db::chat::mark_delivered(&state.db, receiver_id, message_ids, now).await?;
-    let mut by_sender: std::collections::BTreeMap<(i64, i64), Vec<i64>> = Default::default();
-    for m in &delivered {
+/// What a poll or a stream needs to know of an event body it hands over: when the event was made (for
+/// the delivery-latency metric) and, for a chat message to `receiver_id`, the message id whose
+/// delivery is to be recorded.
+pub fn peek(receiver_id: i64, payload: &[u8]) -> Option<(f64, Option<i64>)> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        event: String,
+        timestamp: f64,
+        data: PeekData,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekData {
+        id: Option<i64>,
+        receiver_id: Option<i64>,
+    }
+    let peek = serde_json::from_slice::<Peek>(payload).ok()?;
+    let message = (peek.event == kind::MESSAGE && peek.data.receiver_id == Some(receiver_id))
+        .then_some(peek.data.id)
+        .flatten();
+    Some((peek.timestamp, message))
+}
+
+/// Records that messages were handed to their receivers' clients: sets `delivered_at` and tells each
+/// sender with a `delivered` event (best effort). The marks of many polls are written together, in one
+/// statement, by one task (see [`crate::db::batch`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Deliveries {
+    writes: Batcher<(i64, Vec<i64>)>,
+}
+
+impl Deliveries {
+    /// Starts the writer; needs a Tokio runtime.
+    pub fn new(db: DatabaseConnection, broker: Broker, notice_ttl: std::time::Duration) -> Self {
+        let writes = Batcher::spawn(std::time::Duration::ZERO, move |handed| {
+            let (db, broker) = (db.clone(), broker.clone());
+            async move {
+                let now = Utc::now();
+                match db::chat::mark_delivered(&db, &handed, now).await {
+                    Ok(marked) if !marked.is_empty() => {
+                        tokio::spawn(announce_delivered(broker, marked, now, notice_ttl));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, polls = handed.len(), "could not record delivery");
+                    }
+                }
+            }
+        });
+        Deliveries { writes }
+    }
+
+    /// Records, soon, that `receiver_id`'s client got these messages (ids of messages to others are
+    /// ignored).
+    pub fn record(&self, receiver_id: i64, message_ids: Vec<i64>) {
+        if !message_ids.is_empty() {
+            self.writes.queue((receiver_id, message_ids));
+        }
+    }
+}
+
+/// Tells each sender which of their messages were delivered: one `delivered` event per sender,
+/// conversation and receiver.
+async fn announce_delivered(
+    broker: Broker,
+    marked: Vec<chat_message::Model>,
+    now: DateTime<Utc>,
+    ttl: std::time::Duration,
+) {
+    let mut by_sender: std::collections::BTreeMap<(i64, i64, i64), Vec<i64>> = Default::default();
+    for m in &marked {
         by_sender
-            .entry((m.sender_id, m.conversation_id))
+            .entry((m.sender_id, m.conversation_id, m.receiver_id))
             .or_default()
             .push(m.id);
     }
-    for ((sender_id, conversation_id), ids) in by_sender {
-        let event = Event::new(
-            kind::DELIVERED,
-            json!({
-                "conversation_id": conversation_id,
-                "message_ids": ids,
-                "receiver_id": receiver_id,
-                "delivered_at": rfc3339(now),
-            }),
-        );
-        if let Err(e) = state
-            .broker
-            .publish_ephemeral(sender_id, &event.to_bytes(), state.config.message_ttl())
-            .await
-        {
-            tracing::warn!(error = %e, sender_id, "could not publish a delivery notice");
-        }
-    }
-    Ok(())
+    let notices = by_sender
+        .into_iter()
+        .map(|((sender_id, conversation_id, receiver_id), ids)| {
+            let event = Event::new(
+                kind::DELIVERED,
+                json!({
+                    "conversation_id": conversation_id,
+                    "message_ids": ids,
+                    "receiver_id": receiver_id,
+                    "delivered_at": rfc3339(now),
+                }),
+            );
+            let broker = broker.clone();
+            async move {
+                if let Err(e) = broker
+                    .publish_ephemeral(sender_id, &event.to_bytes(), ttl)
+                    .await
+                {
+                    tracing::warn!(error = %e, sender_id, "could not publish a delivery notice");
+                }
+            }
+        });
+    futures_util::future::join_all(notices).await;
 }

@@ -499,7 +499,7 @@ async fn tokens(action: TokensAction) -> anyhow::Result<i32> {
                     }
                     Err(e) => {
                         eprintln!(
-                            "note: RabbitMQ unreachable ({e}); running instances were not told: polls with these tokens may go on until their cached authentication expires (POSTBOX_AUTH_CACHE, 30 s by default); other requests are refused now"
+                            "note: RabbitMQ unreachable ({e}); running instances were not told: polls with these tokens may go on for up to 10 s, until each instance's revocation sweep reads them from the database; other requests are refused now"
                         );
                         false
                     }

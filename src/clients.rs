@@ -122,8 +122,6 @@ pub async fn open(
         db::gaps::record(&state.db, &queue, 0, None, "queue_deleted").await?;
     }
     let gap = crate::gaps::pending(&state.db, &state.broker, &queue).await?;
-    if let Err(e) = state.presence.seen(&state.db, &state.broker, user).await {
-        tracing::warn!(error = %e, "could not record presence");
-    }
+    state.presence.seen(user.id).await;
     Ok(Opened { postbox, gap })
 }

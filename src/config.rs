@@ -105,10 +105,11 @@ pub struct Config {
     )]
     pub consumer_linger_secs: u64,
 
-    /// Seconds an authenticated token is remembered, so most requests skip the token query. A revoked
-    /// token or a changed user is forgotten at once in every instance (control message); this bounds
-    /// staleness only while an instance cannot hear RabbitMQ. 0 turns the cache off.
-    #[arg(long = "auth-cache", env = "POSTBOX_AUTH_CACHE", default_value_t = 30)]
+    /// Seconds an authenticated token is remembered for long polls and streams, so they skip the token
+    /// query. A revoked token or a changed user is forgotten at once in every instance (control
+    /// message); a revocation whose message never arrived is found by a sweep of the database every
+    /// 10 s. This bounds only how long a user change missed that way goes unseen. 0 turns the cache off.
+    #[arg(long = "auth-cache", env = "POSTBOX_AUTH_CACHE", default_value_t = 300)]
     pub auth_cache_secs: u64,
 
     /// Registered clients (tabs, devices) one user may have, each with its own postbox; registering one

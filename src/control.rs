@@ -7,7 +7,9 @@
 //!   tokens from every instance's token cache, so the next request sees the change.
 //!
 //! While the listener is disconnected it may miss messages, so it empties the token cache each time it
-//! (re)connects; the cache's time limit bounds what an instance cut off from RabbitMQ can miss.
+//! (re)connects. A revocation whose message was never sent (RabbitMQ down when the CLI ran) is found by
+//! [`sweep_revocations`], which reads recent revocations from the database every 10 s; the cache's time
+//! limit bounds what else an instance cut off from RabbitMQ can miss (user changes).
 
 use std::{
     collections::HashMap,
@@ -265,6 +267,45 @@ async fn listen(
     Err(BrokerError::Unavailable(
         "control consumer cancelled".into(),
     ))
+}
+
+/// How often the database is asked for revocations whose control message may not have arrived here.
+pub const REVOCATION_SWEEP: Duration = Duration::from_secs(10);
+
+/// How far each sweep looks back before the previous one: the clocks of instances and of the CLI that
+/// wrote `revoked_at` may differ a little, and a lookup racing a revocation may cache the token again.
+const SWEEP_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Every [`REVOCATION_SWEEP`], forgets the tokens revoked lately and ends their polls, until `shutdown`.
+/// The control message does this at once; the sweep bounds the delay when the message was never sent
+/// (RabbitMQ down when `postbox tokens revoke` ran) or never reached this instance.
+pub async fn sweep_revocations(
+    db: sea_orm::DatabaseConnection,
+    waiting: Waiting,
+    tokens: TokenCache,
+    shutdown: CancellationToken,
+) {
+    let mut since = chrono::Utc::now() - SWEEP_OVERLAP;
+    let mut tick = tokio::time::interval(REVOCATION_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let started = chrono::Utc::now();
+        match crate::db::users::revoked_since(&db, since).await {
+            Ok(hashes) => {
+                if !hashes.is_empty() {
+                    tokens.forget_tokens(&hashes);
+                    waiting.revoke(&hashes);
+                }
+                since = started - SWEEP_OVERLAP;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read revoked tokens; retrying"),
+        }
+    }
+    tracing::debug!("revocation sweep stopped");
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ pub async fn connect(
     let broker = Broker::connect(&config, shutdown).await?;
     let (outbox, done) = Outbox::new(db.clone(), broker.clone());
     let state = AppState {
-        presence: Presence::new(config.online_window()),
+        presence: Presence::new(config.online_window(), db.clone(), broker.clone()),
+        deliveries: chat::Deliveries::new(db.clone(), broker.clone(), config.message_ttl()),
         clients: clients::Clients::default(),
         typing_limit: ratelimit::RateLimiter::new(config.typing_rate),
         send_limit: ratelimit::RateLimiter::new(config.send_rate),
@@ -109,6 +110,12 @@ pub async fn run(
         state.tokens.clone(),
         shutdown.clone(),
     ));
+    let revocations = tokio::spawn(control::sweep_revocations(
+        state.db.clone(),
+        state.waiting.clone(),
+        state.tokens.clone(),
+        shutdown.clone(),
+    ));
     let dead_letters = tokio::spawn(gaps::run_dead_letter_consumer(
         state.db.clone(),
         state.broker.clone(),
@@ -143,6 +150,9 @@ pub async fn run(
     }
     if let Err(e) = control.await {
         tracing::warn!(error = %e, "control listener ended abnormally");
+    }
+    if let Err(e) = revocations.await {
+        tracing::warn!(error = %e, "revocation sweep ended abnormally");
     }
     if let Err(e) = dead_letters.await {
         tracing::warn!(error = %e, "dead-letter consumer ended abnormally");

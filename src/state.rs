@@ -17,6 +17,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub outbox: Outbox,
     pub presence: Presence,
+    /// Delivery marks (`delivered_at`, `delivered` notices) of many polls, written together.
+    pub deliveries: crate::chat::Deliveries,
     pub clients: Clients,
     /// Typing events per sender.
     pub typing_limit: RateLimiter,

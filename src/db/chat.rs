@@ -418,26 +418,46 @@ pub async fn mark_read(
     Ok((marked, pending))
 }
 
-/// Sets `delivered_at` on the given messages received by `receiver_id` that were not delivered yet, and
-/// returns those (so their senders can be told).
+/// Sets `delivered_at` on the messages handed to their receivers, for many polls in one statement:
+/// each entry is a receiver and the ids of messages it got (a message counts only for its own
+/// receiver). Returns the messages this call changed: two polls racing over the same messages announce
+/// each delivery once.
 pub async fn mark_delivered(
     db: &DatabaseConnection,
-    receiver_id: i64,
-    message_ids: &[i64],
+    handed: &[(i64, Vec<i64>)],
     delivered_at: chrono::DateTime<Utc>,
 ) -> Result<Vec<chat_message::Model>, DbError> {
-    if message_ids.is_empty() {
-        return Ok(Vec::new());
+    use sea_orm::Condition;
+    /// Message ids per statement at most (each is bound twice; SQLite allows 32 766 parameters).
+    const IDS_PER_STATEMENT: usize = 2_000;
+    let mut changed = Vec::new();
+    let mut next = 0;
+    while next < handed.len() {
+        let (mut all_ids, mut receivers) = (Vec::new(), Condition::any());
+        while next < handed.len() && all_ids.len() < IDS_PER_STATEMENT {
+            let (receiver_id, ids) = &handed[next];
+            next += 1;
+            all_ids.extend(ids.iter().copied());
+            receivers = receivers.add(
+                Condition::all()
+                    .add(chat_message::Column::ReceiverId.eq(*receiver_id))
+                    .add(chat_message::Column::Id.is_in(ids.iter().copied())),
+            );
+        }
+        if all_ids.is_empty() {
+            continue;
+        }
+        changed.extend(
+            chat_message::Entity::update_many()
+                .col_expr(chat_message::Column::DeliveredAt, Expr::value(delivered_at))
+                .filter(chat_message::Column::Id.is_in(all_ids))
+                .filter(chat_message::Column::DeliveredAt.is_null())
+                .filter(receivers)
+                .exec_with_returning(db)
+                .await?,
+        );
     }
-    // One statement (UPDATE ... RETURNING): only the rows this call changed come back, so two polls
-    // racing over the same messages announce each delivery once.
-    Ok(chat_message::Entity::update_many()
-        .col_expr(chat_message::Column::DeliveredAt, Expr::value(delivered_at))
-        .filter(chat_message::Column::Id.is_in(message_ids.iter().copied()))
-        .filter(chat_message::Column::ReceiverId.eq(receiver_id))
-        .filter(chat_message::Column::DeliveredAt.is_null())
-        .exec_with_returning(db)
-        .await?)
+    Ok(changed)
 }
 
 pub async fn find_message(

@@ -4,6 +4,7 @@
 //! owns every SQL statement and the classification of database errors ([`DbError`]); it knows nothing about
 //! HTTP or the broker. Transactions never span a broker round trip: callers publish after commit.
 
+pub mod batch;
 pub mod chat;
 pub mod clients;
 pub mod entities;

@@ -103,22 +103,6 @@ pub async fn all_ids(db: &DatabaseConnection) -> Result<Vec<i64>, DbError> {
         .await?)
 }
 
-/// Records a poll: the user was seen now and counts as online until `online_until`.
-pub async fn mark_seen(
-    db: &DatabaseConnection,
-    user_id: i64,
-    now: DateTime<Utc>,
-    online_until: DateTime<Utc>,
-) -> Result<(), DbError> {
-    user::Entity::update_many()
-        .col_expr(user::Column::LastSeenAt, Expr::value(now))
-        .col_expr(user::Column::OnlineUntil, Expr::value(online_until))
-        .filter(user::Column::Id.eq(user_id))
-        .exec(db)
-        .await?;
-    Ok(())
-}
-
 /// Marks a user offline at once (the client said it disconnected).
 pub async fn mark_offline(db: &DatabaseConnection, user_id: i64) -> Result<(), DbError> {
     user::Entity::update_many()
@@ -147,26 +131,37 @@ pub async fn online(
         .await?)
 }
 
-/// Flips `is_online` to true if it was false (and records the poll). `true` means this call made the
-/// user go online: exactly one instance sees that, and announces it.
+/// Records a poll of each of these users (seen now, online until `online_until`) in two statements for
+/// all of them, and flips `is_online` to true where it was false. Returns the users this call made go
+/// online: exactly one instance sees each such change, and announces it.
 pub async fn mark_online(
     db: &DatabaseConnection,
-    user_id: i64,
+    user_ids: &[i64],
     now: DateTime<Utc>,
     online_until: DateTime<Utc>,
-) -> Result<bool, DbError> {
-    let flipped = user::Entity::update_many()
+) -> Result<Vec<i64>, DbError> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flipped: Vec<i64> = user::Entity::update_many()
         .col_expr(user::Column::IsOnline, Expr::value(true))
         .col_expr(user::Column::LastSeenAt, Expr::value(now))
         .col_expr(user::Column::OnlineUntil, Expr::value(online_until))
-        .filter(user::Column::Id.eq(user_id))
+        .filter(user::Column::Id.is_in(user_ids.iter().copied()))
         .filter(user::Column::IsOnline.eq(false))
-        .exec(db)
+        .exec_with_returning(db)
         .await?
-        .rows_affected
-        == 1;
-    if !flipped {
-        mark_seen(db, user_id, now, online_until).await?;
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    if flipped.len() < user_ids.len() {
+        user::Entity::update_many()
+            .col_expr(user::Column::LastSeenAt, Expr::value(now))
+            .col_expr(user::Column::OnlineUntil, Expr::value(online_until))
+            .filter(user::Column::Id.is_in(user_ids.iter().copied()))
+            .filter(user::Column::IsOnline.eq(true))
+            .exec(db)
+            .await?;
     }
     Ok(flipped)
 }
@@ -278,6 +273,21 @@ pub async fn revoke_tokens(
         .exec(db)
         .await?;
     Ok(live.into_iter().map(|t| t.key_hash).collect())
+}
+
+/// Digests of the tokens revoked at or after `since` (for instances that missed the revocation notice).
+pub async fn revoked_since(
+    db: &DatabaseConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<String>, DbError> {
+    use sea_orm::QuerySelect;
+    Ok(api_token::Entity::find()
+        .select_only()
+        .column(api_token::Column::KeyHash)
+        .filter(api_token::Column::RevokedAt.gte(since))
+        .into_tuple()
+        .all(db)
+        .await?)
 }
 
 /// What an admin may change about a user; `None` leaves a field as it is.

@@ -23,7 +23,7 @@ use crate::{
     broker::postbox::Lease,
     chat,
     error::{AppError, ErrorBody},
-    events::{Event, kind, unix_now},
+    events::{Event, unix_now},
     http::extract::{Query, parse_json},
     state::AppState,
     telemetry::names,
@@ -187,20 +187,6 @@ impl Drop for PollTracker {
     }
 }
 
-/// The fields of an event needed to notice that a chat message reached its receiver.
-#[derive(Deserialize)]
-struct Peek {
-    event: String,
-    timestamp: f64,
-    data: PeekData,
-}
-
-#[derive(Deserialize)]
-struct PeekData {
-    id: Option<i64>,
-    receiver_id: Option<i64>,
-}
-
 /// `{"events":[...],"timestamp":...}` built from the raw event bodies, acknowledging them once sent.
 fn poll_response(
     state: AppState,
@@ -226,16 +212,11 @@ fn poll_response(
             body.push(b',');
         }
         body.extend_from_slice(p);
-        let Ok(peek) = serde_json::from_slice::<Peek>(p) else {
+        let Some((made_at, message)) = chat::peek(user_id, p) else {
             continue;
         };
-        metrics::histogram!(names::DELIVERY_LATENCY).record((now - peek.timestamp).max(0.0));
-        if peek.event == kind::MESSAGE
-            && peek.data.receiver_id == Some(user_id)
-            && let Some(id) = peek.data.id
-        {
-            delivered.push(id);
-        }
+        metrics::histogram!(names::DELIVERY_LATENCY).record((now - made_at).max(0.0));
+        delivered.extend(message);
     }
     body.extend_from_slice(format!("],\"timestamp\":{}}}", unix_now()).as_bytes());
     let response_body = if lease.is_empty() && gap.is_none() {
@@ -254,13 +235,7 @@ fn poll_response(
             {
                 tracing::warn!(error = %e, "could not clear an announced gap; it will be announced again");
             }
-            if !delivered.is_empty() {
-                tokio::spawn(async move {
-                    if let Err(e) = chat::delivered(&state, user_id, &delivered).await {
-                        tracing::warn!(error = %e, "could not record delivery");
-                    }
-                });
-            }
+            state.deliveries.record(user_id, delivered);
         })
         .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
         Body::from_stream(stream::once(async move { Ok(Bytes::from(body)) }).chain(ack))
@@ -387,10 +362,7 @@ async fn disconnect(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<axum::Json<DisconnectResponse>, AppError> {
-    state
-        .presence
-        .offline(&state.db, &state.broker, user.id)
-        .await?;
+    state.presence.offline(user.id).await?;
     let hub = state.broker.hub();
     hub.release(&state.broker.topology().user_queue(user.id));
     Ok(axum::Json(DisconnectResponse {

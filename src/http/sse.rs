@@ -27,11 +27,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::PollingUser,
     broker::{Postbox, postbox::Lease},
+    chat,
     control::WaitingGuard,
     error::{AppError, ErrorBody},
     events::{Event, unix_now},
     http::docs::literal_schema,
     state::AppState,
+    telemetry::names,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -176,6 +178,7 @@ async fn events(
         postbox,
         cursor,
         pending: None,
+        pending_messages: Vec::new(),
         first: Some(connected),
         resync,
         gap,
@@ -201,6 +204,8 @@ struct Stream {
     cursor: Option<String>,
     /// The batch written last: confirmed when the stream asks for the next record.
     pending: Option<Lease>,
+    /// The chat messages to this user in that batch: delivered once it is confirmed.
+    pending_messages: Vec<i64>,
     first: Option<Bytes>,
     resync: Option<Bytes>,
     gap: Option<crate::db::entities::gap::Model>,
@@ -216,6 +221,8 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
     // hyper asked for more: what was written before reached the connection.
     if let Some(lease) = s.pending.take() {
         lease.handed_over().await;
+        let messages = std::mem::take(&mut s.pending_messages);
+        s.state.deliveries.record(s.user.id, messages);
     }
     if let Some(resync) = s.resync.take() {
         if let Some(gap) = s.gap.take()
@@ -232,14 +239,7 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
     {
         return None;
     }
-    if let Err(e) = s
-        .state
-        .presence
-        .seen(&s.state.db, &s.state.broker, &s.user)
-        .await
-    {
-        tracing::warn!(error = %e, "could not record presence");
-    }
+    s.state.presence.seen(s.user.id).await;
     let heartbeat = Duration::from_secs_f64(s.state.config.sse_heartbeat_secs);
     let deadline = (now + heartbeat).min(s.ends_at);
     let max = s.state.config.queue_max_length as usize;
@@ -263,6 +263,11 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
             Some((Ok(beat), s))
         }
         Ok(lease) => {
+            let now = unix_now();
+            for (made_at, message) in lease.payloads().filter_map(|p| chat::peek(s.user.id, p)) {
+                metrics::histogram!(names::DELIVERY_LATENCY).record((now - made_at).max(0.0));
+                s.pending_messages.extend(message);
+            }
             let (bytes, last) = records(lease.payloads().map(<[u8]>::to_vec));
             if let Some(last) = last {
                 s.cursor = Some(last);

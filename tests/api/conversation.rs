@@ -642,3 +642,47 @@ async fn nobody_reads_or_changes_a_conversation_they_are_not_in() {
         .await;
     assert_error(r, StatusCode::BAD_REQUEST).await;
 }
+
+/// Deliveries of many polls are marked in one statement: each message only for its own receiver, and
+/// each only once (the second of two racing marks changes nothing, so one notice is sent).
+#[tokio::test]
+async fn delivery_marks_of_many_receivers_are_written_together_and_once() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let carol = app.member("carol").await;
+    let to_bob = app.send_ok(&alice, bob.id, "b1").await["id"]
+        .as_i64()
+        .unwrap();
+    let to_carol = app.send_ok(&alice, carol.id, "c1").await["id"]
+        .as_i64()
+        .unwrap();
+    let also_to_bob = app.send_ok(&alice, bob.id, "b2").await["id"]
+        .as_i64()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let marked = postbox::db::chat::mark_delivered(
+        &app.db,
+        &[
+            (bob.id, vec![to_bob]),
+            // Carol claims bob's second message too: not hers, so not marked.
+            (carol.id, vec![to_carol, also_to_bob]),
+            (bob.id, vec![]),
+        ],
+        now,
+    )
+    .await
+    .unwrap();
+    let mut ids: Vec<i64> = marked.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [to_bob, to_carol]);
+    assert!(marked.iter().all(|m| m.delivered_at.is_some()));
+    let again =
+        postbox::db::chat::mark_delivered(&app.db, &[(bob.id, vec![to_bob, also_to_bob])], now)
+            .await
+            .unwrap();
+    assert_eq!(
+        again.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [also_to_bob]
+    );
+}

@@ -192,3 +192,54 @@ async fn sse_validates_both_cursors() {
         .unwrap();
     crate::helpers::assert_error(resp, StatusCode::BAD_REQUEST).await;
 }
+
+/// A message handed over by a stream counts as delivered, as with the long poll: the sender gets a
+/// `delivered` notice and the history shows `delivered_at`.
+#[tokio::test]
+async fn messages_streamed_to_the_receiver_are_marked_delivered() {
+    let app = spawn_app_with(|c| c.sse_heartbeat_secs = 0.5).await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let mut stream = open(&app, &bob, None).await.bytes_stream();
+    let mut buf = String::new();
+    assert_eq!(
+        read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await[0].event,
+        "connected"
+    );
+    let sent = app.send_ok(&alice, bob.id, "over the stream").await;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.is_empty() && tokio::time::Instant::now() < deadline {
+        let recs = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+        got.extend(recs.into_iter().filter(|r| r.event == "message"));
+    }
+    assert_eq!(got.len(), 1, "the message came through the stream");
+    // Keep reading: the stream confirms the batch when it moves on (a heartbeat follows).
+    read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+
+    let mut notices = Vec::new();
+    for _ in 0..5 {
+        notices.extend(
+            app.poll_events(&alice)
+                .await
+                .into_iter()
+                .filter(|e| e["event"] == "delivered"),
+        );
+        if !notices.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        notices[0]["data"]["message_ids"],
+        serde_json::json!([sent["id"]])
+    );
+    assert_eq!(notices[0]["data"]["receiver_id"], bob.id);
+    let (_, page) = app
+        .get_json(
+            &alice,
+            &format!("/api/v1/communication/chats/conversation/{}/", bob.id),
+        )
+        .await;
+    assert!(page["messages"][0]["delivered_at"].is_string(), "{page}");
+}

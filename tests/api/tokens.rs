@@ -65,6 +65,55 @@ async fn revoking_a_token_ends_its_waiting_poll_at_once() {
     assert_error(app.poll(&bob).await, StatusCode::UNAUTHORIZED).await;
 }
 
+/// A revocation whose control message never went out (RabbitMQ was down when it was made, or the token
+/// was revoked straight in the database) still ends the token's polls: each instance reads recent
+/// revocations every 10 s and forgets them from its token cache.
+#[tokio::test]
+async fn a_revocation_without_its_control_message_takes_effect_within_the_sweep() {
+    let app = crate::helpers::spawn_app_with(|c| c.poll_timeout_secs = 30.0).await;
+    let bob = app.member("bob").await;
+    // Cached: the poll path remembers the token (POSTBOX_AUTH_CACHE, 300 s by default).
+    let first = app
+        .client
+        .get(app.url("/api/v1/communication/poll/events/?timeout=0"))
+        .header("Authorization", format!("Token {}", bob.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let poll = {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/api/v1/communication/poll/events/"),
+            bob.token.clone(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = client
+                .get(url)
+                .header("Authorization", format!("Token {token}"))
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), resp)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No control message: only the database knows.
+    let revoked = postbox::db::users::revoke_tokens(&app.db, bob.id, None)
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    let (elapsed, resp) = poll.await.unwrap();
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "the poll was held {elapsed:?} (deadline 30 s, sweep every 10 s)"
+    );
+    assert_error(resp, StatusCode::UNAUTHORIZED).await;
+    // The cached token is gone too: the next poll asks the database.
+    assert_error(app.poll(&bob).await, StatusCode::UNAUTHORIZED).await;
+}
+
 #[tokio::test]
 async fn tokens_are_listed_created_with_expiry_and_revoked_one_by_one() {
     let app = spawn_app().await;
