@@ -162,12 +162,27 @@ impl FromRequestParts<AppState> for PollingUser {
     }
 }
 
+/// Token lookups running at once (more would only wait for a database connection).
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+
 /// The user of a live token: from the cache when `cached` and remembered there, else from the database
 /// (and then remembered, for the polling path).
 async fn lookup(state: &AppState, key_hash: &str, cached: bool) -> Result<user::Model, AppError> {
     if cached && let Some(user) = state.tokens.get(key_hash) {
         return Ok(user);
     }
+    // A herd (thousands of clients polling again after a restart) queues here, each holding a small
+    // semaphore wait, not a database future of ~17 KB waiting for a connection (heaptrack: that herd
+    // set the idle server's peak memory).
+    let _turn = tokio::time::timeout(state.config.backend_timeout(), LOOKUPS.acquire())
+        .await
+        .map_err(|_| {
+            db::DbError::Unavailable(
+                "token lookups are queued beyond the backend timeout: the database is slow or unreachable; retry"
+                    .into(),
+            )
+        })?
+        .expect("the lookup semaphore is never closed");
     let generation = state.tokens.generation();
     // Boxed: a database future is large, and inline it would enlarge every handler's future for the
     // whole request (a long poll waits for seconds).
