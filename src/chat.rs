@@ -69,6 +69,7 @@ pub async fn send_message(
     state.broker.ensure_available().await?;
     let (msg, pending) = db::chat::store_message(
         &state.db,
+        &state.conversations,
         sender.id,
         receiver_id,
         text,

@@ -74,6 +74,7 @@ pub async fn connect(
         waiting: control::Waiting::default(),
         tokens: auth::TokenCache::new(config.auth_cache()),
         users: accounts::KnownUsers::default(),
+        conversations: db::chat::ConversationIds::default(),
         attachments: Arc::new(attachments::DiskStore::new(&config.data_dir)),
         config: Arc::new(config),
         db,

@@ -23,22 +23,59 @@ pub struct PendingEvent {
     pub payload: Vec<u8>,
 }
 
+/// Conversation ids by user pair, so a send skips looking its conversation up. Conversations are never
+/// deleted, so a remembered id stays right; only committed ones are remembered. One per process and
+/// database (kept in the application state). Bounded: past the cap it starts over.
+#[derive(Clone, Default)]
+pub struct ConversationIds {
+    ids: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(i64, i64), i64>>>,
+}
+
+/// Pairs remembered at most.
+const CONVERSATION_IDS_MAX: usize = 1_000_000;
+
+impl ConversationIds {
+    fn get(&self, pair: (i64, i64)) -> Option<i64> {
+        self.ids
+            .lock()
+            .expect("conversation ids lock")
+            .get(&pair)
+            .copied()
+    }
+
+    fn remember(&self, pair: (i64, i64), id: i64) {
+        let mut ids = self.ids.lock().expect("conversation ids lock");
+        if ids.len() >= CONVERSATION_IDS_MAX {
+            ids.clear();
+        }
+        ids.insert(pair, id);
+    }
+}
+
 /// Stores a message from `sender_id` to `receiver_id` and, in the same transaction, the events announcing
 /// it (outbox rows, one per routing key): either all are stored or nothing. The conversation's preview and the receiver's
 /// unread count are updated atomically (`unread = unread + 1` in SQL, no read-modify-write).
 pub async fn store_message(
     db: &DatabaseConnection,
+    conversations: &ConversationIds,
     sender_id: i64,
     receiver_id: i64,
     text: String,
     attachment: Option<(String, String)>,
     event_for: impl FnOnce(&chat_message::Model) -> (Vec<String>, Vec<u8>),
 ) -> Result<(chat_message::Model, Vec<PendingEvent>), DbError> {
+    let pair = (
+        Ord::min(sender_id, receiver_id),
+        Ord::max(sender_id, receiver_id),
+    );
     let txn = super::begin_write(db).await?;
-    let conv = conversation_for(&txn, sender_id, receiver_id).await?;
+    let conversation_id = match conversations.get(pair) {
+        Some(id) => id,
+        None => conversation_for(&txn, sender_id, receiver_id).await?.id,
+    };
     let now = Utc::now();
     let msg = chat_message::ActiveModel {
-        conversation_id: Set(conv.id),
+        conversation_id: Set(conversation_id),
         sender_id: Set(sender_id),
         receiver_id: Set(receiver_id),
         message: Set(text),
@@ -52,7 +89,12 @@ pub async fn store_message(
     .insert(&txn)
     .await?;
     let preview: String = msg.message.chars().take(PREVIEW_CHARS).collect();
-    let unread_col = unread_column(&conv, receiver_id);
+    // The pair's first user is the lower id (see `conversation_for`).
+    let unread_col = if receiver_id == pair.0 {
+        conversation::Column::User1Unread
+    } else {
+        conversation::Column::User2Unread
+    };
     conversation::Entity::update_many()
         .col_expr(conversation::Column::LastMessageId, Expr::value(msg.id))
         .col_expr(conversation::Column::LastMessageBy, Expr::value(sender_id))
@@ -62,12 +104,13 @@ pub async fn store_message(
         )
         .col_expr(conversation::Column::LastMessageAt, Expr::value(now))
         .col_expr(unread_col, Expr::col(unread_col).add(1))
-        .filter(conversation::Column::Id.eq(conv.id))
+        .filter(conversation::Column::Id.eq(conversation_id))
         .exec(&txn)
         .await?;
     let (routing_keys, payload) = event_for(&msg);
     let pending = insert_outbox_for(&txn, routing_keys, payload).await?;
     txn.commit().await?;
+    conversations.remember(pair, conversation_id);
     Ok((msg, pending))
 }
 
