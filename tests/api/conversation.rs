@@ -78,12 +78,7 @@ async fn a_conversation_through_the_long_poll() {
     assert_eq!(of_kind(&alice_events, "message").len(), 2);
 
     // The history shows delivered_at (✓✓ for the sender).
-    let (_, page) = app
-        .get_json(
-            &alice,
-            &format!("/api/v1/communication/chats/conversation/{}/", bob.id),
-        )
-        .await;
+    let page = app.history(&alice, bob.id).await;
     assert!(page["messages"][0]["delivered_at"].is_string(), "{page}");
     assert_eq!(page["messages"][0]["is_read"], false);
 
@@ -612,13 +607,7 @@ async fn nobody_reads_or_changes_a_conversation_they_are_not_in() {
     let conv = m["conversation_id"].as_i64().unwrap();
 
     // Mallory's "history with alice" is her own (empty) conversation, never alice↔bob.
-    let (status, page) = app
-        .get_json(
-            &mallory,
-            &format!("/api/v1/communication/chats/conversation/{}/", alice.id),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let page = app.history(&mallory, alice.id).await;
     assert_eq!(page["messages"], json!([]));
     assert_eq!(page["conversation_id"], Value::Null);
     // She cannot mark it read, by conversation or by message id.

@@ -326,6 +326,34 @@ impl TestApp {
             .expect("poll request")
     }
 
+    /// The first page of `user`'s conversation with `other`, as JSON (asserts 200).
+    pub async fn history(&self, user: &TestUser, other: i64) -> Value {
+        let (status, page) = self
+            .get_json(
+                user,
+                &format!("/api/v1/communication/chats/conversation/{other}/"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page
+    }
+
+    /// Starts a long poll in the background; it resolves to how long the poll was held and its answer.
+    pub fn spawn_poll(
+        &self,
+        user: &TestUser,
+    ) -> tokio::task::JoinHandle<(std::time::Duration, Response)> {
+        let request = self
+            .client
+            .get(self.url("/api/v1/communication/poll/events/"))
+            .header("Authorization", format!("Token {}", user.token));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = request.send().await.expect("poll request");
+            (started.elapsed(), resp)
+        })
+    }
+
     /// Polls once and returns the events array.
     pub async fn poll_events(&self, user: &TestUser) -> Vec<Value> {
         let resp = self.poll(user).await;

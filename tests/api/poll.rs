@@ -201,25 +201,11 @@ async fn poll_test_and_disconnect_follow_the_seed_contract() {
 async fn shutdown_answers_waiting_polls_at_once_and_keeps_their_events() {
     let mut app = spawn_app_long().await;
     let bob = app.member("bob").await;
-    let poll = {
-        let client = app.client.clone();
-        let url = app.url("/api/v1/communication/poll/events/");
-        let token = bob.token.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let resp = client
-                .get(url)
-                .header("Authorization", format!("Token {token}"))
-                .send()
-                .await
-                .unwrap();
-            (started.elapsed(), resp.status())
-        })
-    };
+    let poll = app.spawn_poll(&bob);
     tokio::time::sleep(Duration::from_millis(400)).await;
     app.stop().await.expect("clean stop");
-    let (elapsed, status) = poll.await.unwrap();
-    assert_eq!(status, StatusCode::OK);
+    let (elapsed, resp) = poll.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     assert!(
         elapsed < Duration::from_secs(3),
         "the waiting poll was held {elapsed:?}"

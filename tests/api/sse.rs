@@ -235,11 +235,6 @@ async fn messages_streamed_to_the_receiver_are_marked_delivered() {
         serde_json::json!([sent["id"]])
     );
     assert_eq!(notices[0]["data"]["receiver_id"], bob.id);
-    let (_, page) = app
-        .get_json(
-            &alice,
-            &format!("/api/v1/communication/chats/conversation/{}/", bob.id),
-        )
-        .await;
+    let page = app.history(&alice, bob.id).await;
     assert!(page["messages"][0]["delivered_at"].is_string(), "{page}");
 }

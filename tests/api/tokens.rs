@@ -1,10 +1,7 @@
 //! Token lifecycle: expiry, revocation (a waiting poll ends at once with 401), and the CLI to list,
 //! create and revoke tokens.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -26,23 +23,7 @@ fn postbox(app: &crate::helpers::TestApp, args: &[&str]) -> std::process::Output
 async fn revoking_a_token_ends_its_waiting_poll_at_once() {
     let app = crate::helpers::spawn_app_with(|c| c.poll_timeout_secs = 20.0).await;
     let bob = app.member("bob").await;
-    let poll = {
-        let (client, url, token) = (
-            app.client.clone(),
-            app.url("/api/v1/communication/poll/events/"),
-            bob.token.clone(),
-        );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let resp = client
-                .get(url)
-                .header("Authorization", format!("Token {token}"))
-                .send()
-                .await
-                .unwrap();
-            (started.elapsed(), resp)
-        })
-    };
+    let poll = app.spawn_poll(&bob);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let out = postbox(&app, &["tokens", "revoke", "--username", "bob"]);
     assert_eq!(
@@ -81,23 +62,7 @@ async fn a_revocation_without_its_control_message_takes_effect_within_the_sweep(
         .await
         .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
-    let poll = {
-        let (client, url, token) = (
-            app.client.clone(),
-            app.url("/api/v1/communication/poll/events/"),
-            bob.token.clone(),
-        );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let resp = client
-                .get(url)
-                .header("Authorization", format!("Token {token}"))
-                .send()
-                .await
-                .unwrap();
-            (started.elapsed(), resp)
-        })
-    };
+    let poll = app.spawn_poll(&bob);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // No control message: only the database knows.
     let revoked = postbox::db::users::revoke_tokens(&app.db, bob.id, None)
