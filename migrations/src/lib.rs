@@ -11,6 +11,7 @@ mod m20261124_000003_presence_and_clients;
 mod m20261124_000004_gaps;
 mod m20261124_000005_notifications_and_services;
 mod m20261124_000006_support;
+mod m20261124_000007_token_revocations;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_gaps::Migration),
             Box::new(m20261124_000005_notifications_and_services::Migration),
             Box::new(m20261124_000006_support::Migration),
+            Box::new(m20261124_000007_token_revocations::Migration),
         ]
     }
 }
