@@ -5,10 +5,9 @@
 //! directly, best effort, with a short per-message expiration.
 
 use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use serde_json::json;
-
-use sea_orm::DatabaseConnection;
 
 use crate::{
     auth::AuthUser,

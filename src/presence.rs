@@ -31,7 +31,8 @@ const REFRESH_GATHER: Duration = Duration::from_millis(100);
 /// How long a presence notice stays deliverable.
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
-/// Writes of `online_until` at most this often per user.
+/// Who is online: throttled, grouped writes of the users who poll, and announcements of transitions.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Presence {
     window: Duration,
