@@ -446,28 +446,6 @@ pub async fn online_users(state: &AppState, caller: &AuthUser) -> Result<OnlineU
     })
 }
 
-/// What a poll or a stream needs to know of an event body it hands over: when the event was made (for
-/// the delivery-latency metric) and, for a chat message to `receiver_id`, the message id whose
-/// delivery is to be recorded.
-pub fn peek(receiver_id: i64, payload: &[u8]) -> Option<(f64, Option<i64>)> {
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        event: String,
-        timestamp: f64,
-        data: PeekData,
-    }
-    #[derive(serde::Deserialize)]
-    struct PeekData {
-        id: Option<i64>,
-        receiver_id: Option<i64>,
-    }
-    let peek = serde_json::from_slice::<Peek>(payload).ok()?;
-    let message = (peek.event == kind::MESSAGE && peek.data.receiver_id == Some(receiver_id))
-        .then_some(peek.data.id)
-        .flatten();
-    Some((peek.timestamp, message))
-}
-
 /// Records that messages were handed to their receivers' clients: sets `delivered_at` and tells each
 /// sender with a `delivered` event (best effort). The marks of many polls are written together, in one
 /// statement, by one task (see [`crate::db::batch`]). Cheap to clone.

@@ -21,9 +21,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::{AuthUser, PollingUser},
     broker::postbox::Lease,
-    chat,
     error::{AppError, ErrorBody},
-    events::{Event, unix_now},
+    events::{Event, kind, unix_now},
     http::extract::{Query, parse_json},
     state::AppState,
     telemetry::names,
@@ -187,6 +186,38 @@ impl Drop for PollTracker {
     }
 }
 
+/// Reads the event bodies a poll or a stream hands to `user_id`: records each event's delivery latency
+/// and returns the ids of the chat messages addressed to that user (to be marked delivered once the
+/// answer is handed over).
+pub(crate) fn handed_over<'a>(user_id: i64, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<i64> {
+    #[derive(Deserialize)]
+    struct Peek {
+        event: String,
+        timestamp: f64,
+        data: PeekData,
+    }
+    #[derive(Deserialize)]
+    struct PeekData {
+        id: Option<i64>,
+        receiver_id: Option<i64>,
+    }
+    let now = unix_now();
+    let mut messages = Vec::new();
+    for p in payloads {
+        let Ok(peek) = serde_json::from_slice::<Peek>(p) else {
+            continue;
+        };
+        metrics::histogram!(names::DELIVERY_LATENCY).record((now - peek.timestamp).max(0.0));
+        if peek.event == kind::MESSAGE
+            && peek.data.receiver_id == Some(user_id)
+            && let Some(id) = peek.data.id
+        {
+            messages.push(id);
+        }
+    }
+    messages
+}
+
 /// `{"events":[...],"timestamp":...}` built from the raw event bodies, acknowledging them once sent.
 fn poll_response(
     state: AppState,
@@ -195,29 +226,19 @@ fn poll_response(
     gap: Option<crate::db::entities::gap::Model>,
     mut tracker: PollTracker,
 ) -> Response {
-    let now = unix_now();
     let resync = gap
         .as_ref()
         .map(|g| crate::gaps::resync_event(g).to_bytes());
     let mut body = Vec::with_capacity(64 + lease.payloads().map(<[u8]>::len).sum::<usize>());
-    let mut delivered = Vec::new();
     body.extend_from_slice(b"{\"events\":[");
-    for (i, p) in resync
-        .iter()
-        .map(Vec::as_slice)
-        .chain(lease.payloads())
-        .enumerate()
-    {
+    let payloads = || resync.iter().map(Vec::as_slice).chain(lease.payloads());
+    for (i, p) in payloads().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         body.extend_from_slice(p);
-        let Some((made_at, message)) = chat::peek(user_id, p) else {
-            continue;
-        };
-        metrics::histogram!(names::DELIVERY_LATENCY).record((now - made_at).max(0.0));
-        delivered.extend(message);
     }
+    let delivered = handed_over(user_id, payloads());
     body.extend_from_slice(format!("],\"timestamp\":{}}}", unix_now()).as_bytes());
     let response_body = if lease.is_empty() && gap.is_none() {
         Body::from(body)

@@ -27,13 +27,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::PollingUser,
     broker::{Postbox, postbox::Lease},
-    chat,
     control::WaitingGuard,
     error::{AppError, ErrorBody},
     events::{Event, unix_now},
     http::docs::literal_schema,
     state::AppState,
-    telemetry::names,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -263,11 +261,7 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
             Some((Ok(beat), s))
         }
         Ok(lease) => {
-            let now = unix_now();
-            for (made_at, message) in lease.payloads().filter_map(|p| chat::peek(s.user.id, p)) {
-                metrics::histogram!(names::DELIVERY_LATENCY).record((now - made_at).max(0.0));
-                s.pending_messages.extend(message);
-            }
+            s.pending_messages = super::poll::handed_over(s.user.id, lease.payloads());
             let (bytes, last) = records(lease.payloads().map(<[u8]>::to_vec));
             if let Some(last) = last {
                 s.cursor = Some(last);
