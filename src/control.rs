@@ -253,8 +253,7 @@ async fn listen(
         let delivery = next.map_err(|e| BrokerError::classify(e, "control consume"))?;
         match serde_json::from_slice::<Control>(&delivery.data) {
             Ok(Control::TokenRevoked { key_hashes }) => {
-                tokens.forget_tokens(&key_hashes);
-                let ended = waiting.revoke(&key_hashes);
+                let ended = revoke_here(waiting, tokens, &key_hashes);
                 tracing::info!(tokens = key_hashes.len(), ended, "tokens revoked");
             }
             Ok(Control::UserChanged { user_id }) => {
@@ -267,6 +266,13 @@ async fn listen(
     Err(BrokerError::Unavailable(
         "control consumer cancelled".into(),
     ))
+}
+
+/// Applies revocations in this process: the tokens leave the cache and their polls end (also those
+/// registering shortly after). Returns how many waiting polls ended.
+fn revoke_here(waiting: &Waiting, tokens: &TokenCache, key_hashes: &[String]) -> usize {
+    tokens.forget_tokens(key_hashes);
+    waiting.revoke(key_hashes)
 }
 
 /// How often the database is asked for revocations whose control message may not have arrived here.
@@ -297,8 +303,7 @@ pub async fn sweep_revocations(
         match crate::db::users::revoked_since(&db, since).await {
             Ok(hashes) => {
                 if !hashes.is_empty() {
-                    tokens.forget_tokens(&hashes);
-                    waiting.revoke(&hashes);
+                    revoke_here(&waiting, &tokens, &hashes);
                 }
                 since = started - SWEEP_OVERLAP;
             }

@@ -89,12 +89,8 @@ pub async fn store_message(
     .insert(&txn)
     .await?;
     let preview: String = msg.message.chars().take(PREVIEW_CHARS).collect();
-    // The pair's first user is the lower id (see `conversation_for`).
-    let unread_col = if receiver_id == pair.0 {
-        conversation::Column::User1Unread
-    } else {
-        conversation::Column::User2Unread
-    };
+    // The pair's first user is the conversation's `user1` (the lower id, see `conversation_for`).
+    let unread_col = unread_column(pair.0, receiver_id);
     conversation::Entity::update_many()
         .col_expr(conversation::Column::LastMessageId, Expr::value(msg.id))
         .col_expr(conversation::Column::LastMessageBy, Expr::value(sender_id))
@@ -301,9 +297,9 @@ pub fn other_party(c: &conversation::Model, user_id: i64) -> i64 {
     }
 }
 
-/// The column holding `user_id`'s unread count in a conversation.
-fn unread_column(c: &conversation::Model, user_id: i64) -> conversation::Column {
-    if c.user1_id == user_id {
+/// The column holding `user_id`'s unread count in a conversation whose first user is `user1_id`.
+fn unread_column(user1_id: i64, user_id: i64) -> conversation::Column {
+    if user1_id == user_id {
         conversation::Column::User1Unread
     } else {
         conversation::Column::User2Unread
@@ -438,7 +434,7 @@ pub async fn mark_read(
         .exec(&txn)
         .await?
         .rows_affected as i64;
-    let unread_col = unread_column(conv, reader_id);
+    let unread_col = unread_column(conv.user1_id, reader_id);
     conversation::Entity::update_many()
         .col_expr(
             unread_col,
