@@ -13,14 +13,15 @@ use crate::{
     auth::AuthUser,
     broker::{Broker, user_routing_key},
     db::{
-        self,
+        self, DbError,
         batch::Batcher,
-        chat::{Cursor, PendingEvent, ReadSelection},
+        chat::{ConversationIds, Cursor, NewMessage, PendingEvent, ReadSelection, StoredMessage},
         entities::{chat_message, conversation, user},
     },
     error::AppError,
     events::{Event, MessageView, kind, rfc3339},
     http::docs::is_blank,
+    outbox::Outbox,
     state::AppState,
 };
 
@@ -66,24 +67,100 @@ pub async fn send_message(
     state.send_limit.check(sender.id, "messages")?;
     // While RabbitMQ is known to be down, refuse (503) rather than store a message nobody is told of.
     state.broker.ensure_available().await?;
-    let (msg, pending) = db::chat::store_message(
-        &state.db,
-        &state.conversations,
-        sender.id,
-        receiver_id,
-        text,
-        attachment.map(|a| (a.key, a.kind)),
-        |msg| {
-            let event = Event::new(kind::MESSAGE, to_value(&MessageView::new(msg, sender)));
-            (
-                vec![user_routing_key(receiver_id), user_routing_key(sender.id)],
-                event.to_bytes(),
-            )
-        },
-    )
-    .await?;
-    publish_committed(state, &pending).await;
+    let author = sender.clone();
+    let (msg, pending) = state
+        .messages
+        .store(NewMessage {
+            sender_id: sender.id,
+            receiver_id,
+            text,
+            attachment: attachment.map(|a| (a.key, a.kind)),
+            event_for: Box::new(move |msg| {
+                let event = Event::new(kind::MESSAGE, to_value(&MessageView::new(msg, &author)));
+                (
+                    vec![
+                        user_routing_key(msg.receiver_id),
+                        user_routing_key(msg.sender_id),
+                    ],
+                    event.to_bytes(),
+                )
+            }),
+        })
+        .await?;
+    publish_committed(&state.outbox, &pending).await;
     Ok(MessageView::new(&msg, sender))
+}
+
+/// Stores chat messages with group commit: the messages of every send waiting while one transaction
+/// commits are written together in the next one (SQLite has one writer anyway; a transaction's begin
+/// and commit, and on PostgreSQL its WAL flush, are then paid once per group instead of once per
+/// message). A group that fails is retried one message at a time, so one bad message fails only its
+/// own send. Cheap to clone.
+#[derive(Clone)]
+pub struct Messages {
+    writes: Batcher<(NewMessage, StoredReply)>,
+}
+
+/// Where the writer tells a send how its message was stored.
+type StoredReply = tokio::sync::oneshot::Sender<Result<StoredMessage, DbError>>;
+
+impl Messages {
+    /// Starts the writer; needs a Tokio runtime. `outbox` publishes the events of a message whose
+    /// request went away while it was being stored.
+    pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
+        let conversations = ConversationIds::default();
+        let writes = Batcher::spawn(std::time::Duration::ZERO, move |group: Vec<_>| {
+            let (db, conversations, outbox) = (db.clone(), conversations.clone(), outbox.clone());
+            async move {
+                let (messages, replies): (Vec<NewMessage>, Vec<StoredReply>) =
+                    group.into_iter().unzip();
+                let results: Vec<Result<StoredMessage, DbError>> = match db::chat::store_messages(
+                    &db,
+                    &conversations,
+                    &messages,
+                )
+                .await
+                {
+                    Ok(stored) => stored.into_iter().map(Ok).collect(),
+                    Err(e) if messages.len() == 1 => vec![Err(e)],
+                    Err(e) => {
+                        tracing::debug!(error = %e, messages = messages.len(), "group commit failed; storing its messages one by one");
+                        let mut results = Vec::with_capacity(messages.len());
+                        for m in &messages {
+                            let one = std::slice::from_ref(m);
+                            results.push(
+                                db::chat::store_messages(&db, &conversations, one)
+                                    .await
+                                    .map(|mut stored| stored.remove(0)),
+                            );
+                        }
+                        results
+                    }
+                };
+                for (reply, result) in replies.into_iter().zip(results) {
+                    if let Err(Ok((_, pending))) = reply.send(result) {
+                        // The request is gone but its message is stored: announce it now rather
+                        // than leave it to the relay.
+                        let outbox = outbox.clone();
+                        tokio::spawn(async move { publish_committed(&outbox, &pending).await });
+                    }
+                }
+            }
+        });
+        Messages { writes }
+    }
+
+    /// Stores a message and its event (see [`db::chat::store_messages`]); the events are to be
+    /// published by the caller.
+    pub async fn store(&self, message: NewMessage) -> Result<StoredMessage, DbError> {
+        let (reply, stored) = tokio::sync::oneshot::channel();
+        let stopped = || DbError::Unavailable("the service is shutting down".into());
+        self.writes
+            .submit((message, reply))
+            .await
+            .map_err(|_| stopped())?;
+        stored.await.map_err(|_| stopped())?
+    }
 }
 
 /// A message text as stored: trimmed. The length counts what the client sent (400 beyond the configured
@@ -114,9 +191,8 @@ pub(crate) fn checked_text(
 }
 
 /// Publishes committed outbox events now; failures are left to the outbox relay.
-pub(crate) async fn publish_committed(state: &AppState, pending: &[PendingEvent]) {
-    let results =
-        futures_util::future::join_all(pending.iter().map(|p| state.outbox.publish(p))).await;
+pub(crate) async fn publish_committed(outbox: &Outbox, pending: &[PendingEvent]) {
+    let results = futures_util::future::join_all(pending.iter().map(|p| outbox.publish(p))).await;
     for (p, r) in pending.iter().zip(results) {
         if let Err(e) = r {
             tracing::warn!(error = %e, outbox_id = p.outbox_id, "publish failed after commit; the outbox relay will retry");
@@ -313,7 +389,7 @@ pub async fn mark_read(
             )
         })
         .await?;
-    publish_committed(state, &pending).await;
+    publish_committed(&state.outbox, &pending).await;
     let unread = db::chat::find_conversation_by_id(&state.db, conv.id)
         .await?
         .map(|c| db::chat::unread_for(&c, me.id))

@@ -74,7 +74,7 @@ pub async fn connect(
         waiting: control::Waiting::default(),
         tokens: auth::TokenCache::new(config.auth_cache()),
         users: accounts::KnownUsers::default(),
-        conversations: db::chat::ConversationIds::default(),
+        messages: chat::Messages::new(db.clone(), outbox.clone()),
         attachments: Arc::new(attachments::DiskStore::new(&config.data_dir)),
         config: Arc::new(config),
         db,

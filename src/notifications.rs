@@ -182,12 +182,12 @@ pub async fn create(
     )
     .await?;
     match draft.target {
-        Target::User(_) => publish_committed(state, &pending).await,
+        Target::User(_) => publish_committed(&state.outbox, &pending).await,
         // RabbitMQ confirms a broadcast only once every member's postbox has it on disk (seconds for
         // thousands of members): the outbox row already guarantees it, so the sender is not kept waiting.
         Target::College(_) => {
             let state = state.clone();
-            tokio::spawn(async move { publish_committed(&state, &pending).await });
+            tokio::spawn(async move { publish_committed(&state.outbox, &pending).await });
         }
     }
     let (recipients, postboxes) = match draft.target {

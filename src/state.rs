@@ -28,8 +28,8 @@ pub struct AppState {
     pub waiting: crate::control::Waiting,
     /// Tokens authenticated lately, so most requests skip the token query.
     pub tokens: crate::auth::TokenCache,
-    /// Conversation ids by user pair (conversations are never deleted).
-    pub conversations: crate::db::chat::ConversationIds,
+    /// Chat messages, stored with group commit.
+    pub messages: crate::chat::Messages,
     /// User ids known to exist (users are never deleted).
     pub users: crate::accounts::KnownUsers,
     pub attachments: Arc<dyn AttachmentStore>,

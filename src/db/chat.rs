@@ -52,41 +52,76 @@ impl ConversationIds {
     }
 }
 
-/// Stores a message from `sender_id` to `receiver_id` and, in the same transaction, the events announcing
-/// it (outbox rows, one per routing key): either all are stored or nothing. The conversation's preview and the receiver's
-/// unread count are updated atomically (`unread = unread + 1` in SQL, no read-modify-write).
-pub async fn store_message(
+/// How a message's event is built once the message has its id: routing keys and payload.
+pub type EventFor = Box<dyn Fn(&chat_message::Model) -> (Vec<String>, Vec<u8>) + Send + Sync>;
+
+/// A chat message to store, and how to build the event announcing it.
+pub struct NewMessage {
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub text: String,
+    /// Storage key and kind of an attachment already stored.
+    pub attachment: Option<(String, String)>,
+    pub event_for: EventFor,
+}
+
+/// A stored message and its events, to publish after the commit.
+pub type StoredMessage = (chat_message::Model, Vec<PendingEvent>);
+
+/// Stores messages and, in the same transaction, the events announcing them (outbox rows): either all
+/// are stored or none (group commit: one transaction for the messages of many requests). Each
+/// conversation's preview and the receiver's unread count are updated atomically (`unread = unread + 1`
+/// in SQL, no read-modify-write). Results are in the order of `messages`.
+pub async fn store_messages(
     db: &DatabaseConnection,
     conversations: &ConversationIds,
-    sender_id: i64,
-    receiver_id: i64,
-    text: String,
-    attachment: Option<(String, String)>,
-    event_for: impl FnOnce(&chat_message::Model) -> (Vec<String>, Vec<u8>),
-) -> Result<(chat_message::Model, Vec<PendingEvent>), DbError> {
+    messages: &[NewMessage],
+) -> Result<Vec<StoredMessage>, DbError> {
+    let txn = super::begin_write(db).await?;
+    let mut stored = Vec::with_capacity(messages.len());
+    let mut pairs = Vec::with_capacity(messages.len());
+    for m in messages {
+        let (pair, conversation_id, message) = store_one(&txn, conversations, m).await?;
+        pairs.push((pair, conversation_id));
+        stored.push(message);
+    }
+    txn.commit().await?;
+    for (pair, id) in pairs {
+        conversations.remember(pair, id);
+    }
+    Ok(stored)
+}
+
+/// One message of [`store_messages`], inside its transaction; also returns its user pair and
+/// conversation id (remembered once committed).
+async fn store_one<C: ConnectionTrait>(
+    txn: &C,
+    conversations: &ConversationIds,
+    m: &NewMessage,
+) -> Result<((i64, i64), i64, StoredMessage), DbError> {
+    let (sender_id, receiver_id) = (m.sender_id, m.receiver_id);
     let pair = (
         Ord::min(sender_id, receiver_id),
         Ord::max(sender_id, receiver_id),
     );
-    let txn = super::begin_write(db).await?;
     let conversation_id = match conversations.get(pair) {
         Some(id) => id,
-        None => conversation_for(&txn, sender_id, receiver_id).await?.id,
+        None => conversation_for(txn, sender_id, receiver_id).await?.id,
     };
     let now = Utc::now();
     let msg = chat_message::ActiveModel {
         conversation_id: Set(conversation_id),
         sender_id: Set(sender_id),
         receiver_id: Set(receiver_id),
-        message: Set(text),
-        attachment: Set(attachment.as_ref().map(|(key, _)| key.clone())),
-        attachment_type: Set(attachment.map(|(_, kind)| kind)),
+        message: Set(m.text.clone()),
+        attachment: Set(m.attachment.as_ref().map(|(key, _)| key.clone())),
+        attachment_type: Set(m.attachment.as_ref().map(|(_, kind)| kind.clone())),
         created_at: Set(now),
         delivered_at: Set(None),
         read_at: Set(None),
         ..Default::default()
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
     let preview: String = msg.message.chars().take(PREVIEW_CHARS).collect();
     // The pair's first user is the conversation's `user1` (the lower id, see `conversation_for`).
@@ -101,13 +136,11 @@ pub async fn store_message(
         .col_expr(conversation::Column::LastMessageAt, Expr::value(now))
         .col_expr(unread_col, Expr::col(unread_col).add(1))
         .filter(conversation::Column::Id.eq(conversation_id))
-        .exec(&txn)
+        .exec(txn)
         .await?;
-    let (routing_keys, payload) = event_for(&msg);
-    let pending = insert_outbox_for(&txn, routing_keys, payload).await?;
-    txn.commit().await?;
-    conversations.remember(pair, conversation_id);
-    Ok((msg, pending))
+    let (routing_keys, payload) = (m.event_for)(&msg);
+    let pending = insert_outbox_for(txn, routing_keys, payload).await?;
+    Ok((pair, conversation_id, (msg, pending)))
 }
 
 /// The conversation of a pair of users, created on first use (race-free: insert-or-ignore on the unique

@@ -675,3 +675,47 @@ async fn delivery_marks_of_many_receivers_are_written_together_and_once() {
         [also_to_bob]
     );
 }
+
+/// Group commit: the messages of concurrent sends are stored in one transaction; one that cannot be
+/// stored (its receiver does not exist) fails alone and the others of its group are stored, in order,
+/// with the unread count they add up to.
+#[tokio::test]
+async fn a_message_that_cannot_be_stored_fails_alone_in_its_group() {
+    use postbox::db::chat::NewMessage;
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let (state, _done) = postbox::connect(app.config.clone(), app.shutdown.child_token())
+        .await
+        .unwrap();
+    let message = |receiver_id: i64, text: &str| NewMessage {
+        sender_id: alice.id,
+        receiver_id,
+        text: text.to_owned(),
+        attachment: None,
+        event_for: Box::new(|m| {
+            (
+                vec![postbox::broker::user_routing_key(m.receiver_id)],
+                b"{}".to_vec(),
+            )
+        }),
+    };
+    // One runtime thread: the three are queued before the writer runs, so they form one group.
+    let (first, bad, last) = tokio::join!(
+        state.messages.store(message(bob.id, "one")),
+        state.messages.store(message(i64::MAX, "to nobody")),
+        state.messages.store(message(bob.id, "two")),
+    );
+    assert!(bad.is_err(), "a message to a missing user was stored");
+    let (first, last) = (first.unwrap().0, last.unwrap().0);
+    assert!(first.id < last.id);
+    let page = app.history(&bob, alice.id).await;
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "two"]);
+    assert_eq!(unread(&app, &bob).await["unread_count"], 2);
+}
