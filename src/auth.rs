@@ -18,7 +18,13 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::{db, db::entities::user, error::AppError, state::AppState};
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    db::{self, batch::Batcher, entities::user, users::LiveToken},
+    error::AppError,
+    state::AppState,
+};
 
 /// Roles, from least to most privileged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,38 +168,88 @@ impl FromRequestParts<AppState> for PollingUser {
     }
 }
 
-/// Token lookups running at once (more would only wait for a database connection).
-static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
-
 /// The user of a live token: from the cache when `cached` and remembered there, else from the database
 /// (and then remembered, for the polling path).
 async fn lookup(state: &AppState, key_hash: &str, cached: bool) -> Result<user::Model, AppError> {
     if cached && let Some(user) = state.tokens.get(key_hash) {
         return Ok(user);
     }
-    // A herd (thousands of clients polling again after a restart) queues here, each holding a small
-    // semaphore wait, not a database future of ~17 KB waiting for a connection (heaptrack: that herd
-    // set the idle server's peak memory).
-    let _turn = tokio::time::timeout(state.config.backend_timeout(), LOOKUPS.acquire())
-        .await
-        .map_err(|_| {
-            db::DbError::Unavailable(
-                "token lookups are queued beyond the backend timeout: the database is slow or unreachable; retry"
-                    .into(),
-            )
-        })?
-        .expect("the lookup semaphore is never closed");
     let generation = state.tokens.generation();
-    // Boxed: a database future is large, and inline it would enlarge every handler's future for the
-    // whole request (a long poll waits for seconds).
-    match Box::pin(db::users::find_by_token_hash(&state.db, key_hash)).await? {
-        Some((user, expires_at)) => {
+    let found = tokio::time::timeout(
+        state.config.backend_timeout(),
+        state.token_lookups.find(key_hash.to_owned()),
+    )
+    .await
+    .map_err(|_| {
+        db::DbError::Unavailable(
+            "token lookups are queued beyond the backend timeout: the database is slow or unreachable; retry"
+                .into(),
+        )
+    })??;
+    match found {
+        Some(token) => {
             state
                 .tokens
-                .insert(key_hash.to_owned(), &user, expires_at, generation);
-            Ok(user)
+                .insert(token.key_hash, &token.user, token.expires_at, generation);
+            Ok(token.user)
         }
         None => Err(AppError::Unauthorized("invalid token".into())),
+    }
+}
+
+/// Token lookups of many requests answered by one query: every lookup asked while one query runs goes
+/// into the next. Each request still reads the database after it arrived (a revoked token is refused
+/// at once), but a burst of sends costs one statement instead of one each, and a herd of thousands of
+/// clients polling again after a restart waits as small queued items (a database future is ~17 KB;
+/// heaptrack showed such a herd set the idle server's peak memory). Cheap to clone.
+#[derive(Clone)]
+pub struct TokenLookups {
+    queries: Batcher<(String, LookupReply)>,
+}
+
+/// Where a lookup is answered.
+type LookupReply = tokio::sync::oneshot::Sender<Result<Option<LiveToken>, db::DbError>>;
+
+impl TokenLookups {
+    /// Starts the task that runs the queries; needs a Tokio runtime.
+    pub fn new(db: DatabaseConnection) -> Self {
+        let queries = Batcher::spawn(Duration::ZERO, move |asked: Vec<(String, LookupReply)>| {
+            let db = db.clone();
+            async move {
+                let (wanted, replies): (Vec<String>, Vec<LookupReply>) = asked.into_iter().unzip();
+                let mut digests: Vec<&str> = wanted.iter().map(String::as_str).collect();
+                digests.sort_unstable();
+                digests.dedup();
+                match db::users::find_by_token_hashes(&db, &digests).await {
+                    Ok(live) => {
+                        let by_digest: HashMap<&str, &LiveToken> =
+                            live.iter().map(|t| (t.key_hash.as_str(), t)).collect();
+                        for (digest, reply) in wanted.iter().zip(replies) {
+                            let _ =
+                                reply.send(Ok(by_digest.get(digest.as_str()).map(|&t| t.clone())));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, lookups = replies.len(), "token lookup failed");
+                        let unavailable = matches!(e, db::DbError::Unavailable(_));
+                        let message = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(if unavailable {
+                                db::DbError::Unavailable(message.clone())
+                            } else {
+                                db::DbError::Other(sea_orm::DbErr::Custom(message.clone()))
+                            }));
+                        }
+                    }
+                }
+            }
+        });
+        TokenLookups { queries }
+    }
+
+    /// The live token with this digest, and its user.
+    pub async fn find(&self, key_hash: String) -> Result<Option<LiveToken>, db::DbError> {
+        self.queries.ask(|reply| (key_hash, reply)).await?
     }
 }
 

@@ -153,13 +153,7 @@ impl Messages {
     /// Stores a message and its event (see [`db::chat::store_messages`]); the events are to be
     /// published by the caller.
     pub async fn store(&self, message: NewMessage) -> Result<StoredMessage, DbError> {
-        let (reply, stored) = tokio::sync::oneshot::channel();
-        let stopped = || DbError::Unavailable("the service is shutting down".into());
-        self.writes
-            .submit((message, reply))
-            .await
-            .map_err(|_| stopped())?;
-        stored.await.map_err(|_| stopped())?
+        self.writes.ask(|reply| (message, reply)).await?
     }
 }
 

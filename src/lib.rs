@@ -73,6 +73,7 @@ pub async fn connect(
         send_limit: ratelimit::RateLimiter::new(config.send_rate),
         waiting: control::Waiting::default(),
         tokens: auth::TokenCache::new(config.auth_cache()),
+        token_lookups: auth::TokenLookups::new(db.clone()),
         users: accounts::KnownUsers::default(),
         messages: chat::Messages::new(db.clone(), outbox.clone()),
         attachments: Arc::new(attachments::DiskStore::new(&config.data_dir)),

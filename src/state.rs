@@ -26,8 +26,10 @@ pub struct AppState {
     pub send_limit: RateLimiter,
     /// Polls waiting now, by token digest, so a revoked token ends them at once.
     pub waiting: crate::control::Waiting,
-    /// Tokens authenticated lately, so most requests skip the token query.
+    /// Tokens authenticated lately, so most polls skip the token query.
     pub tokens: crate::auth::TokenCache,
+    /// Token queries of many requests, run together.
+    pub token_lookups: crate::auth::TokenLookups,
     /// Chat messages, stored with group commit.
     pub messages: crate::chat::Messages,
     /// User ids known to exist (users are never deleted).

@@ -35,6 +35,12 @@ impl<T> Clone for Batcher<T> {
 #[error("the batch writer has stopped")]
 pub struct Stopped;
 
+impl From<Stopped> for super::DbError {
+    fn from(_: Stopped) -> Self {
+        super::DbError::Unavailable("the service is shutting down".into())
+    }
+}
+
 impl<T: Send + 'static> Batcher<T> {
     /// Starts the writer task: `write` gets each batch (in arrival order, never empty) and handles its
     /// own errors. A batch of queued items only waits up to `gather` for more. The task ends when every
@@ -88,6 +94,14 @@ impl<T: Send + 'static> Batcher<T> {
             .await
             .map_err(|_| Stopped)?;
         written.await.map_err(|_| Stopped)
+    }
+
+    /// Queues an item that carries its own reply channel (`item` builds it around the sender) and
+    /// waits for what the writer answers on it.
+    pub async fn ask<R>(&self, item: impl FnOnce(oneshot::Sender<R>) -> T) -> Result<R, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(item(reply)).await?;
+        answer.await.map_err(|_| Stopped)
     }
 
     /// Queues an item without waiting for its write (when the queue is full, a task waits for room).

@@ -66,15 +66,23 @@ pub async fn insert_token<C: ConnectionTrait>(
     .await?)
 }
 
-/// The user owning a live (not revoked, not expired) token with this digest, and when the token
-/// expires. One statement (a join): every request that misses the token cache runs it.
-pub async fn find_by_token_hash(
+/// A token that is neither revoked nor expired, with its user.
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub key_hash: String,
+    pub user: user::Model,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The live (not revoked, not expired) tokens among these digests, with their users and expiry. One
+/// statement (a join) for the lookups of many requests (see `crate::auth::TokenLookups`).
+pub async fn find_by_token_hashes(
     db: &DatabaseConnection,
-    key_hash: &str,
-) -> Result<Option<(user::Model, Option<DateTime<Utc>>)>, DbError> {
+    key_hashes: &[&str],
+) -> Result<Vec<LiveToken>, DbError> {
     use sea_orm::sea_query::Condition;
     let found = api_token::Entity::find()
-        .filter(api_token::Column::KeyHash.eq(key_hash))
+        .filter(api_token::Column::KeyHash.is_in(key_hashes.iter().copied()))
         .filter(api_token::Column::RevokedAt.is_null())
         .filter(
             Condition::any()
@@ -82,9 +90,18 @@ pub async fn find_by_token_hash(
                 .add(api_token::Column::ExpiresAt.gt(Utc::now())),
         )
         .find_also_related(user::Entity)
-        .one(db)
+        .all(db)
         .await?;
-    Ok(found.and_then(|(token, user)| user.map(|u| (u, token.expires_at))))
+    Ok(found
+        .into_iter()
+        .filter_map(|(token, user)| {
+            user.map(|user| LiveToken {
+                key_hash: token.key_hash,
+                user,
+                expires_at: token.expires_at,
+            })
+        })
+        .collect())
 }
 
 pub async fn find(db: &DatabaseConnection, id: i64) -> Result<Option<user::Model>, DbError> {

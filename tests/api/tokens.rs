@@ -207,3 +207,36 @@ async fn service_tokens_are_created_listed_and_revoked_with_the_cli() {
     let out = postbox(&app, &["service-tokens", "revoke", "--name", &name]);
     assert_eq!(out.status.code(), Some(1), "nothing left to revoke");
 }
+
+/// The token lookups of concurrent requests share one query; each still gets its own answer, and a
+/// revoked or unknown token none.
+#[tokio::test]
+async fn concurrent_token_lookups_each_get_their_own_answer() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let carol = app.member("carol").await;
+    let out = postbox(&app, &["tokens", "revoke", "--username", "bob"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (state, _done) = postbox::connect(app.config.clone(), app.shutdown.child_token())
+        .await
+        .unwrap();
+    let find = |key: &str| state.token_lookups.find(postbox::auth::hash_token(key));
+    let unknown = "0".repeat(40);
+    // One runtime thread: all five are queued before the query runs, so one query answers them.
+    let (a, b, c, a_again, nobody) = tokio::join!(
+        find(&alice.token),
+        find(&bob.token),
+        find(&carol.token),
+        find(&alice.token),
+        find(&unknown),
+    );
+    let user_of = |found: Result<Option<postbox::db::users::LiveToken>, _>| {
+        found.expect("lookup").map(|t| t.user.id)
+    };
+    assert_eq!(user_of(a), Some(alice.id));
+    assert_eq!(user_of(b), None, "a revoked token was found");
+    assert_eq!(user_of(c), Some(carol.id));
+    assert_eq!(user_of(a_again), Some(alice.id));
+    assert_eq!(user_of(nobody), None);
+}
