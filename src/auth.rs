@@ -231,14 +231,8 @@ impl TokenLookups {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, lookups = replies.len(), "token lookup failed");
-                        let unavailable = matches!(e, db::DbError::Unavailable(_));
-                        let message = e.to_string();
                         for reply in replies {
-                            let _ = reply.send(Err(if unavailable {
-                                db::DbError::Unavailable(message.clone())
-                            } else {
-                                db::DbError::Other(sea_orm::DbErr::Custom(message.clone()))
-                            }));
+                            let _ = reply.send(Err(e.shared()));
                         }
                     }
                 }

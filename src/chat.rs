@@ -95,7 +95,7 @@ pub async fn send_message(
 /// commits are written together in the next one (SQLite has one writer anyway; a transaction's begin
 /// and commit, and on PostgreSQL its WAL flush, are then paid once per group instead of once per
 /// message). A group that fails is retried one message at a time, so one bad message fails only its
-/// own send. Cheap to clone.
+/// own send (unless the database is unavailable: then all fail at once, with 503). Cheap to clone.
 #[derive(Clone)]
 pub struct Messages {
     writes: Batcher<(NewMessage, StoredReply)>,
@@ -123,6 +123,11 @@ impl Messages {
                 {
                     Ok(stored) => stored.into_iter().map(Ok).collect(),
                     Err(e) if messages.len() == 1 => vec![Err(e)],
+                    // The database is unreachable or busy: one by one would only wait as many
+                    // times as long for the same answer.
+                    Err(e @ DbError::Unavailable(_)) => {
+                        messages.iter().map(|_| Err(e.shared())).collect()
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, messages = messages.len(), "group commit failed; storing its messages one by one");
                         let mut results = Vec::with_capacity(messages.len());

@@ -55,6 +55,18 @@ impl From<DbErr> for DbError {
     }
 }
 
+impl DbError {
+    /// The same failure for another caller (a grouped query or write failed for all of its callers):
+    /// the kind is kept, the underlying error is carried as text.
+    pub fn shared(&self) -> DbError {
+        match self {
+            DbError::Unavailable(m) => DbError::Unavailable(m.clone()),
+            DbError::Conflict(m) => DbError::Conflict(m.clone()),
+            DbError::Other(e) => DbError::Other(DbErr::Custom(e.to_string())),
+        }
+    }
+}
+
 fn is_unavailable(err: &sea_orm::sqlx::Error) -> bool {
     use sea_orm::sqlx::Error as E;
     match err {
