@@ -685,9 +685,7 @@ async fn a_message_that_cannot_be_stored_fails_alone_in_its_group() {
     let app = spawn_app().await;
     let alice = app.member("alice").await;
     let bob = app.member("bob").await;
-    let (state, _done) = postbox::connect(app.config.clone(), app.shutdown.child_token())
-        .await
-        .unwrap();
+    let state = app.state().await;
     let message = |receiver_id: i64, text: &str| NewMessage {
         sender_id: alice.id,
         receiver_id,

@@ -326,6 +326,15 @@ impl TestApp {
             .expect("poll request")
     }
 
+    /// The state of another instance on this app's database and broker, to call the domain layer
+    /// directly (no HTTP, no outbox relay).
+    pub async fn state(&self) -> postbox::state::AppState {
+        let (state, _done) = postbox::connect(self.config.clone(), self.shutdown.child_token())
+            .await
+            .unwrap();
+        state
+    }
+
     /// The first page of `user`'s conversation with `other`, as JSON (asserts 200).
     pub async fn history(&self, user: &TestUser, other: i64) -> Value {
         let (status, page) = self

@@ -218,9 +218,7 @@ async fn concurrent_token_lookups_each_get_their_own_answer() {
     let carol = app.member("carol").await;
     let out = postbox(&app, &["tokens", "revoke", "--username", "bob"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let (state, _done) = postbox::connect(app.config.clone(), app.shutdown.child_token())
-        .await
-        .unwrap();
+    let state = app.state().await;
     let find = |key: &str| state.token_lookups.find(postbox::auth::hash_token(key));
     let unknown = "0".repeat(40);
     // One runtime thread: all five are queued before the query runs, so one query answers them.
