@@ -1,5 +1,5 @@
-//! Group writes: the small writes many requests make at once (presence refreshes, delivery marks) done
-//! as one statement for all of them.
+//! Group writes: the small writes many requests make at once done together (presence refreshes and
+//! delivery marks as one statement, chat messages as one transaction, token lookups as one query).
 //!
 //! A [`Batcher`] owns one task that takes every item queued since its last write and writes them
 //! together. While one write runs the next batch gathers, so a busy server writes fewer, larger batches
