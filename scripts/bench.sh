@@ -11,7 +11,7 @@
 #   DB=postgres scripts/bench.sh a     # the same on PostgreSQL (a fresh database on 127.0.0.1:5432)
 #
 # Extra arguments after the scenario (and R for b) go to `postbox loadtest`; DURATION=s lengthens b,
-# USERS=n resizes c and d, BIN=path benchmarks that binary instead of building this tree.
+# SENDERS=n changes the concurrent senders of a, b and raw (64), USERS=n resizes c and d, BIN=path benchmarks that binary instead of building this tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,11 +99,11 @@ fi
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 case "$scenario" in
-  a) "${lt[@]}" --users 1000 --senders 64 --rate 2000 --duration 20 --drain 10 "$@" ;;
-  b) "${lt[@]}" --users 1000 --senders 64 --rate "$rate" --duration "${DURATION:-15}" --drain 10 "$@" ;;
+  a) "${lt[@]}" --users 1000 --senders ${SENDERS:-64} --rate 2000 --duration 20 --drain 10 "$@" ;;
+  b) "${lt[@]}" --users 1000 --senders ${SENDERS:-64} --rate "$rate" --duration "${DURATION:-15}" --drain 10 "$@" ;;
   c) "${lt[@]}" --mode idle --users "${USERS:-10000}" --duration 20 "$@" ;;
   d) "${lt[@]}" --mode broadcast --users "${USERS:-5000}" --duration 5 --drain 5 "$@" ;;
-  raw) "${lt[@]}" --mode raw --users 1000 --senders 64 --rate 0 --duration 20 --drain 10 "$@" ;;
+  raw) "${lt[@]}" --mode raw --users 1000 --senders ${SENDERS:-64} --rate 0 --duration 20 --drain 10 "$@" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
