@@ -173,6 +173,16 @@ pub struct Config {
     )]
     pub backend_timeout_secs: u64,
 
+    /// Seconds between returns of freed heap memory to the operating system (glibc's `malloc_trim`;
+    /// 0: never). After a burst (thousands of clients polling again at once) the allocator would
+    /// otherwise keep the peak resident.
+    #[arg(
+        long = "memory-trim",
+        env = "POSTBOX_MEMORY_TRIM",
+        default_value_t = 10
+    )]
+    pub memory_trim_secs: u64,
+
     /// Print logs as JSON lines instead of human-readable text.
     #[arg(long, env = "POSTBOX_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -279,6 +289,10 @@ impl Config {
 
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_secs(self.backend_timeout_secs)
+    }
+
+    pub fn memory_trim(&self) -> Duration {
+        Duration::from_secs(self.memory_trim_secs)
     }
 }
 

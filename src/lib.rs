@@ -19,6 +19,7 @@ pub mod events;
 pub mod gaps;
 pub mod http;
 pub mod loadtest;
+pub mod memory;
 pub mod notifications;
 pub mod outbox;
 pub mod presence;
@@ -129,6 +130,10 @@ pub async fn run(
         shutdown.clone(),
         (state.config.online_window() / 10).clamp(Duration::from_secs(1), Duration::from_secs(30)),
     ));
+    let trimmer = tokio::spawn(memory::run_trimmer(
+        state.config.memory_trim(),
+        shutdown.clone(),
+    ));
     tracing::info!(addr = %listener.local_addr()?, "postbox listening");
     let app = http::router(state.clone());
     // TCP_NODELAY: a poll answer with events is written as two chunks (the events, then the end of the
@@ -161,6 +166,9 @@ pub async fn run(
     }
     if let Err(e) = sweeper.await {
         tracing::warn!(error = %e, "presence sweeper ended abnormally");
+    }
+    if let Err(e) = trimmer.await {
+        tracing::warn!(error = %e, "heap trimmer ended abnormally");
     }
     state.broker.close().await;
     state.db.clone().close().await.ok();
