@@ -103,6 +103,11 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<DatabaseConnection,
     opts.connect_timeout(timeout)
         .acquire_timeout(timeout)
         .sqlx_logging(false)
+        // sqlx pings a pooled connection when it is taken (and again when it is given back): one
+        // more round trip per statement, to the SQLite worker thread or to PostgreSQL. Only a
+        // connection idle for a while can have been dropped unnoticed (one that failed in use fails
+        // its release ping and is closed), so only those are pinged before use.
+        .test_before_acquire_if_idle_for(Duration::from_secs(1))
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
