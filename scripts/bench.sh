@@ -11,7 +11,8 @@
 #   DB=postgres scripts/bench.sh a     # the same on PostgreSQL (a fresh database on 127.0.0.1:5432)
 #
 # Extra arguments after the scenario (and R for b) go to `postbox loadtest`; DURATION=s lengthens b,
-# SENDERS=n changes the concurrent senders of a, b and raw (64), USERS=n resizes c and d, BIN=path benchmarks that binary instead of building this tree.
+# SENDERS=n changes the concurrent senders of a, b and raw (64), USERS=n resizes c and d,
+# BIN=path benchmarks that binary instead of building this tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
