@@ -59,7 +59,7 @@ fn trim() -> bool {
     false
 }
 
-/// This process's resident memory in bytes (Linux), for the log line.
+/// This process's resident memory in bytes (Linux, counting 4 KiB pages), for the log line.
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
