@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt, future::BoxFuture, future::Shared};
 use lapin::{
     Channel,
     message::Delivery,
@@ -57,12 +57,31 @@ struct HubInner {
     linger: Duration,
     timeout: Duration,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Slots being opened, by queue: the polls of one postbox wait for one attach.
+    opening: Mutex<HashMap<String, Opening>>,
     channels: tokio::sync::Mutex<Vec<ConsumerChannel>>,
     broker: std::sync::OnceLock<std::sync::Weak<super::Inner>>,
     shutdown: CancellationToken,
     next_tag: AtomicU64,
     /// Queues with a gap recorded by this process since their last poll (see `crate::gaps`).
     gap_flags: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A slot being opened (declare, consume), awaited by every poll of its postbox that comes meanwhile.
+type Opening = Shared<BoxFuture<'static, Result<Arc<Slot>, BrokerError>>>;
+
+/// Removes a postbox's [`Opening`] when the attempt ends.
+struct OpeningDone<'a> {
+    hub: &'a Hub,
+    queue: &'a str,
+}
+
+impl Drop for OpeningDone<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut opening) = self.hub.inner.opening.lock() {
+            opening.remove(self.queue);
+        }
+    }
 }
 
 struct ConsumerChannel {
@@ -112,6 +131,7 @@ impl Hub {
                 linger,
                 timeout,
                 slots: Mutex::new(HashMap::new()),
+                opening: Mutex::new(HashMap::new()),
                 channels: tokio::sync::Mutex::new(Vec::new()),
                 broker: std::sync::OnceLock::new(),
                 shutdown,
@@ -307,12 +327,55 @@ impl Hub {
         {
             return Ok(slot.clone());
         }
+        let opening = self
+            .inner
+            .opening
+            .lock()
+            .expect("hub lock")
+            .entry(queue.to_owned())
+            .or_insert_with(|| {
+                let (hub, broker) = (self.clone(), broker.clone());
+                let (queue, postbox) = (queue.to_owned(), postbox.clone());
+                // Spawned, so it runs to its end even when every poll waiting for it gives up: a
+                // consume abandoned halfway can leave RabbitMQ a consumer nobody reads, holding the
+                // postbox's events unacknowledged. Once open, the slot is registered (an unused one is
+                // reaped after the linger time) and the next poll finds it ready.
+                let task = tokio::spawn(async move {
+                    // Forgotten however the attempt ends (a panic included), so the next poll
+                    // tries again instead of inheriting this outcome.
+                    let _done = OpeningDone {
+                        hub: &hub,
+                        queue: &queue,
+                    };
+                    hub.open_slot(&broker, &queue, &postbox).await
+                });
+                async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(BrokerError::Unavailable(format!(
+                            "opening a postbox failed: {e}"
+                        )))
+                    })
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        tokio::time::timeout(self.inner.timeout, opening)
+            .await
+            .unwrap_or(Err(BrokerError::Timeout(self.inner.timeout)))
+    }
+
+    /// Declares a postbox, attaches a consumer to it and registers the slot.
+    async fn open_slot(
+        &self,
+        broker: &Broker,
+        queue: &str,
+        postbox: &Postbox,
+    ) -> Result<Arc<Slot>, BrokerError> {
         // Declare on a disposable channel first: it refreshes `x-expires`, recreates a deleted postbox,
         // and a PRECONDITION_FAILED there cannot take the shared consumer channel down with it.
         let ready = broker.declare_postbox(postbox).await?;
-        let created = tokio::time::timeout(self.inner.timeout, self.attach(queue, ready as usize))
-            .await
-            .unwrap_or(Err(BrokerError::Timeout(self.inner.timeout)))?;
+        let created = self.attach(queue, ready as usize).await?;
         let mut slots = self.inner.slots.lock().expect("hub lock");
         match slots.get(queue) {
             // Another poll attached a consumer meanwhile: keep one, cancel ours.
