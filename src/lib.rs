@@ -92,6 +92,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    // The metrics recorder counts from the start (installed at the first scrape, it missed what came
+    // before: polls already waiting then left `postbox_polls_in_flight` below zero for good).
+    telemetry::metrics();
     if config.queue_expires_secs < 2 * config.message_ttl_secs {
         tracing::warn!(
             queue_expires = config.queue_expires_secs,

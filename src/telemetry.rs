@@ -47,8 +47,8 @@ pub mod names {
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
 
-/// The process's Prometheus recorder (installed on first use; one per process, shared by every app a
-/// test process starts).
+/// The process's Prometheus recorder (installed on first use, which [`crate::run`] makes its start; one
+/// per process, shared by every app a test process starts).
 pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     METRICS.get_or_init(|| {
         use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};

@@ -688,6 +688,19 @@ async fn sigterm_answers_waiting_polls_exits_cleanly_and_logs_no_secrets() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Metrics count from the start, not from the first scrape: this is the child's first one.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "postbox_polls_in_flight 1"),
+        "one poll waits: {metrics}"
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
