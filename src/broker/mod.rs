@@ -245,12 +245,7 @@ impl Broker {
     /// A fresh channel for operations that may make the broker close it (declares, passive declares).
     pub async fn disposable_channel(&self) -> Result<Channel, BrokerError> {
         self.with_timeout(async {
-            let conn = self
-                .inner
-                .connections
-                .get()
-                .await
-                .map_err(pool::pool_error)?;
+            let conn = pool::get(&self.inner.connections, self.inner.timeout).await?;
             conn.create_channel()
                 .await
                 .map_err(|e| BrokerError::classify(e, "channel.open"))
@@ -266,7 +261,7 @@ impl Broker {
         op: impl AsyncFnOnce(&Channel) -> Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         self.with_timeout(async {
-            let channel = self.inner.declarers.get().await.map_err(pool::pool_error)?;
+            let channel = pool::get(&self.inner.declarers, self.inner.timeout).await?;
             let result = op(&channel).await;
             if !channel.status().connected() {
                 pool::discard(channel);
@@ -497,12 +492,7 @@ impl Broker {
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
         self.with_timeout(async {
-            let channel = self
-                .inner
-                .publishers
-                .get()
-                .await
-                .map_err(pool::pool_error)?;
+            let channel = pool::get(&self.inner.publishers, self.inner.timeout).await?;
             let published = channel
                 .basic_publish(
                     ShortString::from(self.topology().exchange()),

@@ -50,6 +50,7 @@ pub fn connection_pool(url: &str, timeout: Duration) -> Result<deadpool_lapin::P
 pub struct ChannelManager {
     connections: deadpool_lapin::Pool,
     confirms: bool,
+    timeout: Duration,
 }
 
 impl managed::Manager for ChannelManager {
@@ -57,7 +58,7 @@ impl managed::Manager for ChannelManager {
     type Error = BrokerError;
 
     async fn create(&self) -> Result<Channel, BrokerError> {
-        let conn = self.connections.get().await.map_err(pool_error)?;
+        let conn = get(&self.connections, self.timeout).await?;
         let channel = conn
             .create_channel()
             .await
@@ -90,6 +91,7 @@ pub fn channel_pool(
     managed::Pool::builder(ChannelManager {
         connections,
         confirms,
+        timeout,
     })
     .max_size(size)
     .wait_timeout(Some(timeout))
@@ -105,17 +107,22 @@ pub fn discard(channel: managed::Object<ChannelManager>) {
     let _ = managed::Object::take(channel);
 }
 
-/// Maps a pool error (wait timeout, failed connect) to a broker error.
-pub fn pool_error<E: std::fmt::Display + Into<BrokerError>>(
-    err: managed::PoolError<E>,
-) -> BrokerError {
-    match err {
+/// Takes a connection or channel from a pool built with `timeout`. A pool that gave up after it (every
+/// channel busy with RabbitMQ, or connecting took that long) is a [`BrokerError::Timeout`], like an
+/// operation RabbitMQ did not answer in time; a failed connect is what it says.
+pub async fn get<M>(
+    pool: &managed::Pool<M>,
+    timeout: Duration,
+) -> Result<managed::Object<M>, BrokerError>
+where
+    M: managed::Manager,
+    M::Error: std::fmt::Display + Into<BrokerError>,
+{
+    pool.get().await.map_err(|err| match err {
         managed::PoolError::Backend(e) => e.into(),
-        managed::PoolError::Timeout(_) => {
-            BrokerError::Unavailable("timed out waiting for a RabbitMQ connection".into())
-        }
+        managed::PoolError::Timeout(_) => BrokerError::Timeout(timeout),
         other => BrokerError::Unavailable(other.to_string()),
-    }
+    })
 }
 
 impl From<lapin::Error> for BrokerError {
