@@ -36,7 +36,7 @@ use lapin::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, EXPIRES_AT_HEADER, Postbox, pool::pool_error};
+use super::{Broker, BrokerError, EXPIRES_AT_HEADER, Postbox, pool};
 
 /// How long a poll waits for the events a postbox held when its consumer attached, to answer them in
 /// one batch.
@@ -59,6 +59,8 @@ struct HubInner {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Slots being opened, by queue: the polls of one postbox wait for one attach.
     opening: Mutex<HashMap<String, Opening>>,
+    /// When a slot was last opened: RabbitMQ is answering attaches, however slowly.
+    last_opened: Mutex<Option<Instant>>,
     channels: tokio::sync::Mutex<Vec<ConsumerChannel>>,
     broker: std::sync::OnceLock<std::sync::Weak<super::Inner>>,
     shutdown: CancellationToken,
@@ -132,6 +134,7 @@ impl Hub {
                 timeout,
                 slots: Mutex::new(HashMap::new()),
                 opening: Mutex::new(HashMap::new()),
+                last_opened: Mutex::new(None),
                 channels: tokio::sync::Mutex::new(Vec::new()),
                 broker: std::sync::OnceLock::new(),
                 shutdown,
@@ -220,7 +223,9 @@ impl Hub {
         loop {
             // Boxed: attaching (declare, consume) is a large future needed once per postbox; inline it
             // would enlarge every waiting poll.
-            let slot = Box::pin(self.slot(&broker, queue, postbox)).await?;
+            let Some(slot) = Box::pin(self.slot(&broker, queue, postbox, deadline)).await? else {
+                return Ok(Lease::empty());
+            };
             let _user = SlotUser::new(&slot);
             if let Some(last) = cursor {
                 settle_cursor(&slot, last);
@@ -316,19 +321,58 @@ impl Hub {
         }
     }
 
+    /// The postbox's slot, attaching its consumer when there is none. `None`: the attach is still under
+    /// way at the poll's deadline, RabbitMQ being busy rather than gone (a herd of first polls, each
+    /// costing it a declare, binds and a consume): the poll answers with no events and the next one
+    /// finds the attach further along, instead of failing. The poll waits at least one backend timeout
+    /// for the attach (a `timeout=0` poll too: it answers with what the postbox holds), and fails with
+    /// [`BrokerError::Timeout`] when no attach at all succeeded in this process for that long (a hung
+    /// broker still surfaces as a 503).
     async fn slot(
         &self,
         broker: &Broker,
         queue: &str,
         postbox: &Postbox,
-    ) -> Result<Arc<Slot>, BrokerError> {
-        if let Some(slot) = self.inner.slots.lock().expect("hub lock").get(queue)
-            && !slot.state.lock().expect("slot lock").closed
-        {
-            return Ok(slot.clone());
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Arc<Slot>>, BrokerError> {
+        let round = self.inner.timeout;
+        let mut wait = AttachWait::new(round, tokio::time::Instant::now());
+        loop {
+            if let Some(slot) = self.inner.slots.lock().expect("hub lock").get(queue)
+                && !slot.state.lock().expect("slot lock").closed
+            {
+                return Ok(Some(slot.clone()));
+            }
+            let opening = self.opening(broker, queue, postbox);
+            match tokio::time::timeout_at(wait.until(deadline), opening).await {
+                Ok(Ok(slot)) => return Ok(Some(slot)),
+                // This attach gave up waiting (for a declare channel, for RabbitMQ): while others get
+                // through, the next round starts another.
+                Ok(Err(BrokerError::Timeout(_))) if self.opened_within(round) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_elapsed) => {}
+            }
+            let now = tokio::time::Instant::now();
+            match wait.next(now, deadline, self.opened_within(round)) {
+                AfterWait::Again => {}
+                AfterWait::Empty => return Ok(None),
+                AfterWait::Fail => return Err(BrokerError::Timeout(round)),
+            }
         }
-        let opening = self
-            .inner
+    }
+
+    /// Whether a slot was opened in this process during the last `period`.
+    fn opened_within(&self, period: Duration) -> bool {
+        self.inner
+            .last_opened
+            .lock()
+            .expect("hub lock")
+            .is_some_and(|t| t.elapsed() < period)
+    }
+
+    /// The attach under way for a postbox, started when there is none.
+    fn opening(&self, broker: &Broker, queue: &str, postbox: &Postbox) -> Opening {
+        self.inner
             .opening
             .lock()
             .expect("hub lock")
@@ -347,7 +391,11 @@ impl Hub {
                         hub: &hub,
                         queue: &queue,
                     };
-                    hub.open_slot(&broker, &queue, &postbox).await
+                    let opened = hub.open_slot(&broker, &queue, &postbox).await;
+                    if opened.is_ok() {
+                        *hub.inner.last_opened.lock().expect("hub lock") = Some(Instant::now());
+                    }
+                    opened
                 });
                 async move {
                     task.await.unwrap_or_else(|e| {
@@ -359,10 +407,7 @@ impl Hub {
                 .boxed()
                 .shared()
             })
-            .clone();
-        tokio::time::timeout(self.inner.timeout, opening)
-            .await
-            .unwrap_or(Err(BrokerError::Timeout(self.inner.timeout)))
+            .clone()
     }
 
     /// Declares a postbox, attaches a consumer to it and registers the slot.
@@ -440,7 +485,7 @@ impl Hub {
         {
             return Ok((c.channel.clone(), c.consumers.clone()));
         }
-        let conn = self.inner.connections.get().await.map_err(pool_error)?;
+        let conn = pool::get(&self.inner.connections, self.inner.timeout).await?;
         let channel = conn
             .create_channel()
             .await
@@ -457,6 +502,68 @@ impl Hub {
             consumers: consumers.clone(),
         });
         Ok((channel, consumers))
+    }
+}
+
+/// How long a poll waits for its postbox's consumer to attach: in rounds of the backend timeout, the
+/// first one whole whatever the poll's deadline, the next ones only while attaches keep succeeding
+/// (RabbitMQ is busy, not gone) and the poll's deadline has not passed.
+struct AttachWait {
+    round: Duration,
+    round_end: tokio::time::Instant,
+    /// The first round ended with RabbitMQ still attaching others.
+    extended: bool,
+}
+
+/// What a poll does when a wait for its attach ended without a slot.
+#[derive(Debug, PartialEq)]
+enum AfterWait {
+    /// Wait again (for the same attach, or a new one if that one gave up).
+    Again,
+    /// Answer with no events; the attach goes on.
+    Empty,
+    /// RabbitMQ attached nothing for a whole round: 503.
+    Fail,
+}
+
+impl AttachWait {
+    fn new(round: Duration, now: tokio::time::Instant) -> Self {
+        AttachWait {
+            round,
+            round_end: now + round,
+            extended: false,
+        }
+    }
+
+    /// Until when to wait for the attach this time.
+    fn until(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
+        if self.extended {
+            self.round_end.min(deadline)
+        } else {
+            self.round_end
+        }
+    }
+
+    /// The wait ended at `now` without a slot; `progressing`: another attach succeeded in this process
+    /// during the last round.
+    fn next(
+        &mut self,
+        now: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+        progressing: bool,
+    ) -> AfterWait {
+        if now >= self.round_end {
+            if !progressing {
+                return AfterWait::Fail;
+            }
+            self.round_end = now + self.round;
+            self.extended = true;
+        }
+        if self.extended && now >= deadline {
+            AfterWait::Empty
+        } else {
+            AfterWait::Again
+        }
     }
 }
 
@@ -740,5 +847,56 @@ impl Drop for Lease {
             }
         }
         self.settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUND: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_poll_waits_one_whole_round_for_its_attach_whatever_its_deadline() {
+        let start = tokio::time::Instant::now();
+        let mut wait = AttachWait::new(ROUND, start);
+        // A `timeout=0` poll: its deadline has passed, yet it waits the round out.
+        assert_eq!(wait.until(start), start + ROUND);
+        // Its attach failed early while others got through: it tries again within the round.
+        let early = start + Duration::from_secs(1);
+        assert_eq!(wait.next(early, start, true), AfterWait::Again);
+        assert_eq!(wait.until(start), start + ROUND);
+    }
+
+    #[test]
+    fn a_busy_broker_makes_a_poll_answer_empty_at_its_deadline() {
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_millis(5_500);
+        let mut wait = AttachWait::new(ROUND, start);
+        let end = start + ROUND;
+        assert_eq!(wait.next(end, deadline, true), AfterWait::Again);
+        // The next round is cut at the poll's deadline, which then answers with no events.
+        assert_eq!(wait.until(deadline), deadline);
+        assert_eq!(wait.next(deadline, deadline, true), AfterWait::Empty);
+
+        // A long hold keeps waiting round after round while attaches succeed...
+        let far = start + Duration::from_secs(60);
+        let mut wait = AttachWait::new(ROUND, start);
+        assert_eq!(wait.next(end, far, true), AfterWait::Again);
+        assert_eq!(wait.until(far), end + ROUND);
+        // ...and fails as soon as a round passes with none.
+        assert_eq!(wait.next(end + ROUND, far, false), AfterWait::Fail);
+    }
+
+    #[test]
+    fn a_broker_attaching_nothing_for_a_round_fails_the_poll() {
+        let start = tokio::time::Instant::now();
+        let mut wait = AttachWait::new(ROUND, start);
+        assert_eq!(
+            wait.next(start + ROUND, start + Duration::from_secs(60), false),
+            AfterWait::Fail
+        );
+        let mut wait = AttachWait::new(ROUND, start);
+        assert_eq!(wait.next(start + ROUND, start, false), AfterWait::Fail);
     }
 }
