@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    db::{self, batch::Batcher, entities::user, users::LiveToken},
+    db::{self, batch::Lookups, entities::user, users::LiveToken},
     error::AppError,
     state::AppState,
 };
@@ -197,53 +197,33 @@ async fn lookup(state: &AppState, key_hash: &str, cached: bool) -> Result<user::
     }
 }
 
-/// Token lookups of many requests answered by one query: every lookup asked while one query runs goes
-/// into the next. Each request still reads the database after it arrived (a revoked token is refused
-/// at once), but a burst of sends costs one statement instead of one each, and a herd of thousands of
-/// clients polling again after a restart waits as small queued items (a database future is ~17 KB;
-/// heaptrack showed such a herd set the idle server's peak memory). Cheap to clone.
+/// Token lookups of many requests answered by one query ([`Lookups`]): a revoked token is still
+/// refused at once (each request reads the database after it arrived), a burst of sends costs one
+/// statement, and a herd of thousands of clients polling again after a restart waits as small queued
+/// items (a database future is ~17 KB; heaptrack showed such a herd set the idle server's peak memory).
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct TokenLookups {
-    queries: Batcher<(String, LookupReply)>,
+    lookups: Lookups<String, LiveToken>,
 }
-
-/// Where a lookup is answered.
-type LookupReply = tokio::sync::oneshot::Sender<Result<Option<LiveToken>, db::DbError>>;
 
 impl TokenLookups {
     /// Starts the task that runs the queries; needs a Tokio runtime.
     pub fn new(db: DatabaseConnection) -> Self {
-        let queries = Batcher::spawn(Duration::ZERO, move |asked: Vec<(String, LookupReply)>| {
+        let lookups = Lookups::spawn("token", move |digests: Vec<String>| {
             let db = db.clone();
             async move {
-                let (wanted, replies): (Vec<String>, Vec<LookupReply>) = asked.into_iter().unzip();
-                let mut digests: Vec<&str> = wanted.iter().map(String::as_str).collect();
-                digests.sort_unstable();
-                digests.dedup();
-                match db::users::find_by_token_hashes(&db, &digests).await {
-                    Ok(live) => {
-                        let by_digest: HashMap<&str, &LiveToken> =
-                            live.iter().map(|t| (t.key_hash.as_str(), t)).collect();
-                        for (digest, reply) in wanted.iter().zip(replies) {
-                            let _ =
-                                reply.send(Ok(by_digest.get(digest.as_str()).map(|&t| t.clone())));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, lookups = replies.len(), "token lookup failed");
-                        for reply in replies {
-                            let _ = reply.send(Err(e.shared()));
-                        }
-                    }
-                }
+                let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
+                let live = db::users::find_by_token_hashes(&db, &digests).await?;
+                Ok(live.into_iter().map(|t| (t.key_hash.clone(), t)).collect())
             }
         });
-        TokenLookups { queries }
+        TokenLookups { lookups }
     }
 
     /// The live token with this digest, and its user.
     pub async fn find(&self, key_hash: String) -> Result<Option<LiveToken>, db::DbError> {
-        self.queries.ask(|reply| (key_hash, reply)).await?
+        self.lookups.find(key_hash).await
     }
 }
 

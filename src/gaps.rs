@@ -45,7 +45,7 @@ pub fn resync_event(gap: &gap::Model) -> Event {
 /// The gap to announce on this poll, if any. Looked up when the postbox has no consumer in this
 /// process yet (first poll after a pause, when gaps happen) or when this process recorded one.
 pub async fn pending(
-    db: &DatabaseConnection,
+    lookups: &GapLookups,
     broker: &Broker,
     queue: &str,
 ) -> Result<Option<gap::Model>, DbError> {
@@ -53,7 +53,33 @@ pub async fn pending(
     if hub.has_slot(queue) && !hub.take_gap_flag(queue) {
         return Ok(None);
     }
-    db::gaps::find(db, queue).await
+    lookups.find(queue.to_owned()).await
+}
+
+/// Gap lookups of many polls answered by one query: a herd of first polls (a launch, a restart), each
+/// of which looks its postbox up, costs a few statements instead of one each. Cheap to clone.
+#[derive(Clone)]
+pub struct GapLookups {
+    lookups: db::batch::Lookups<String, gap::Model>,
+}
+
+impl GapLookups {
+    /// Starts the task that runs the queries; needs a Tokio runtime.
+    pub fn new(db: DatabaseConnection) -> Self {
+        let lookups = db::batch::Lookups::spawn("gap", move |queues: Vec<String>| {
+            let db = db.clone();
+            async move {
+                let found = db::gaps::find_many(&db, queues).await?;
+                Ok(found.into_iter().map(|g| (g.queue.clone(), g)).collect())
+            }
+        });
+        GapLookups { lookups }
+    }
+
+    /// The gap recorded for a queue now, if any.
+    pub async fn find(&self, queue: String) -> Result<Option<gap::Model>, DbError> {
+        self.lookups.find(queue).await
+    }
 }
 
 /// What a dead letter says: the postbox it left and why.

@@ -75,6 +75,7 @@ pub async fn connect(
         waiting: control::Waiting::default(),
         tokens: auth::TokenCache::new(config.auth_cache()),
         token_lookups: auth::TokenLookups::new(db.clone()),
+        gap_lookups: gaps::GapLookups::new(db.clone()),
         users: accounts::KnownUsers::default(),
         messages: chat::Messages::new(db.clone(), outbox.clone()),
         attachments: Arc::new(attachments::DiskStore::new(&config.data_dir)),

@@ -30,6 +30,8 @@ pub struct AppState {
     pub tokens: crate::auth::TokenCache,
     /// Token queries of many requests, run together.
     pub token_lookups: crate::auth::TokenLookups,
+    /// Gap queries of many first polls, run together.
+    pub gap_lookups: crate::gaps::GapLookups,
     /// Chat messages, stored with group commit.
     pub messages: crate::chat::Messages,
     /// User ids known to exist (users are never deleted).

@@ -1,5 +1,6 @@
 //! Group writes: the small writes many requests make at once done together (presence refreshes and
-//! delivery marks as one statement, chat messages as one transaction, token lookups as one query).
+//! delivery marks as one statement, chat messages as one transaction), and group lookups ([`Lookups`]:
+//! tokens, gaps) as one query.
 //!
 //! A [`Batcher`] owns one task that takes every item queued since its last write and writes them
 //! together. While one write runs the next batch gathers, so a busy server writes fewer, larger batches
@@ -7,9 +8,11 @@
 //! ([`Batcher::queue`]) may also wait up to the batcher's `gather` time for company; an item whose caller
 //! waits ([`Batcher::submit`]) is written at once.
 
-use std::{future::Future, time::Duration};
+use std::{collections::HashMap, future::Future, hash::Hash, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
+
+use super::DbError;
 
 /// Items written per batch at most; twice that may wait before [`Batcher::submit`] waits for room.
 const MAX_BATCH: usize = 500;
@@ -113,6 +116,68 @@ impl<T: Send + 'static> Batcher<T> {
     }
 }
 
+/// Lookups by key of many requests answered by one query: every key asked while one query runs goes
+/// into the next. Each request still reads the database after it arrived, but a burst costs one
+/// statement instead of one each, and a herd of thousands of requests waits as small queued items
+/// instead of thousands of database futures. Cheap to clone.
+pub struct Lookups<K, V> {
+    queries: Batcher<(K, LookupReply<V>)>,
+}
+
+/// Where a lookup is answered.
+type LookupReply<V> = oneshot::Sender<Result<Option<V>, DbError>>;
+
+impl<K, V> Clone for Lookups<K, V> {
+    fn clone(&self) -> Self {
+        Lookups {
+            queries: self.queries.clone(),
+        }
+    }
+}
+
+impl<K, V> Lookups<K, V>
+where
+    K: Eq + Hash + Ord + Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+{
+    /// Starts the task that runs the queries: `fetch` gets the distinct keys asked (sorted) and returns
+    /// what it found by key; a key it did not return is answered `None`. Needs a Tokio runtime.
+    pub fn spawn<F, Fut>(what: &'static str, fetch: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<K, V>, DbError>> + Send + 'static,
+    {
+        let queries = Batcher::spawn(Duration::ZERO, move |asked: Vec<(K, LookupReply<V>)>| {
+            let (wanted, replies): (Vec<K>, Vec<LookupReply<V>>) = asked.into_iter().unzip();
+            let mut keys = wanted.clone();
+            keys.sort_unstable();
+            keys.dedup();
+            let found = fetch(keys);
+            async move {
+                match found.await {
+                    Ok(found) => {
+                        for (key, reply) in wanted.iter().zip(replies) {
+                            let _ = reply.send(Ok(found.get(key).cloned()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, lookups = replies.len(), "{what} lookup failed");
+                        for reply in replies {
+                            let _ = reply.send(Err(e.shared()));
+                        }
+                    }
+                }
+            }
+        });
+        Lookups { queries }
+    }
+
+    /// What the database holds under `key` now.
+    pub async fn find(&self, key: K) -> Result<Option<V>, DbError> {
+        self.queries.ask(|reply| (key, reply)).await?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -156,6 +221,53 @@ mod tests {
         let mut got = batches.lock().unwrap().clone();
         got[1].sort_unstable();
         assert_eq!(got, vec![vec![0], vec![1, 2, 3, 4, 5]]);
+    }
+
+    #[tokio::test]
+    async fn lookups_asked_during_a_query_share_the_next_and_each_get_their_own_answer() {
+        let queries: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+        let seen = queries.clone();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let open = gate.clone();
+        // Even keys exist (with ten times their value); odd ones do not.
+        let lookups = Lookups::spawn("test", move |keys: Vec<u32>| {
+            let seen = seen.clone();
+            let gate = gate.clone();
+            async move {
+                if keys == [0] {
+                    gate.acquire().await.expect("gate").forget();
+                }
+                seen.lock().unwrap().push(keys.clone());
+                Ok(keys
+                    .into_iter()
+                    .filter(|k| k % 2 == 0)
+                    .map(|k| (k, k * 10))
+                    .collect())
+            }
+        });
+        let first = tokio::spawn({
+            let l = lookups.clone();
+            async move { l.find(0).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let asked = [3, 1, 2, 3, 4];
+        let rest: Vec<_> = asked
+            .iter()
+            .map(|&k| {
+                let l = lookups.clone();
+                tokio::spawn(async move { l.find(k).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), Some(0));
+        let mut answers = Vec::new();
+        for r in rest {
+            answers.push(r.await.unwrap().unwrap());
+        }
+        assert_eq!(answers, [None, None, Some(20), None, Some(40)]);
+        // One query for the first key, one for every key asked meanwhile (distinct, sorted).
+        assert_eq!(*queries.lock().unwrap(), vec![vec![0], vec![1, 2, 3, 4]]);
     }
 
     #[tokio::test]

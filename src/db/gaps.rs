@@ -56,6 +56,18 @@ pub async fn find(db: &DatabaseConnection, queue: &str) -> Result<Option<gap::Mo
     Ok(gap::Entity::find_by_id(queue.to_owned()).one(db).await?)
 }
 
+/// The gaps of these queues (one query).
+pub async fn find_many(
+    db: &DatabaseConnection,
+    queues: Vec<String>,
+) -> Result<Vec<gap::Model>, DbError> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    Ok(gap::Entity::find()
+        .filter(gap::Column::Queue.is_in(queues))
+        .all(db)
+        .await?)
+}
+
 /// Forgets a gap once announced; only if it did not grow meanwhile (`updated_at` unchanged).
 pub async fn clear(db: &DatabaseConnection, announced: &gap::Model) -> Result<(), DbError> {
     use sea_orm::{ColumnTrait, QueryFilter};
