@@ -90,8 +90,13 @@ impl Clients {
 
 /// The group routing keys a user's postboxes are bound to (college, staff).
 pub fn groups_of(user: &crate::db::entities::user::Model) -> Vec<String> {
-    let staff = crate::auth::Role::parse(&user.role).is_some_and(|r| r >= crate::auth::Role::Staff);
-    crate::broker::group_routing_keys(user.college_id, staff)
+    group_keys(user.college_id, &user.role)
+}
+
+/// The group routing keys of a user in `college_id` with `role`.
+pub fn group_keys(college_id: Option<i64>, role: &str) -> Vec<String> {
+    let staff = crate::auth::Role::parse(role).is_some_and(|r| r >= crate::auth::Role::Staff);
+    crate::broker::group_routing_keys(college_id, staff)
 }
 
 /// A postbox opened for a poll or a stream: which one, its queue, and the gap to announce first.
@@ -121,7 +126,7 @@ pub async fn open(
     {
         db::gaps::record(&state.db, &queue, 0, None, "queue_deleted").await?;
     }
-    let gap = crate::gaps::pending(&state.db, &state.broker, &queue).await?;
+    let gap = crate::gaps::pending(&state.gap_lookups, &state.broker, &queue).await?;
     state.presence.seen(user.id).await;
     Ok(Opened { postbox, gap })
 }

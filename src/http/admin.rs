@@ -57,6 +57,10 @@ literal_schema!(
 );
 
 /// Create a user and its first API token (admin only).
+///
+/// The user's postbox (RabbitMQ queue) is created at once, so events sent before the user's first poll
+/// wait there. If RabbitMQ is unavailable the user is created all the same, and the postbox with the
+/// first poll or event.
 #[utoipa::path(
     post,
     path = "/users/",
@@ -93,6 +97,7 @@ async fn create_user(
         body.role.as_deref(),
     )
     .await?;
+    accounts::create_postbox(&state.broker, &created.user).await;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 

@@ -182,3 +182,49 @@ async fn a_user_change_reaches_their_next_poll_in_every_instance() {
         .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn a_user_created_over_http_has_a_postbox_bound_to_their_college_before_polling() {
+    let app = spawn_app().await;
+    let admin = app.create_user("root", "admin").await;
+    let college = rand::random::<u32>() as i64 + 2_000_000;
+    let resp = app
+        .post_json(
+            &admin,
+            "/api/v1/admin/users/",
+            json!({"username": "newcomer", "college_id": college}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let created: Value = resp.json().await.unwrap();
+    let user = crate::helpers::TestUser {
+        id: created["id"].as_i64().unwrap(),
+        token: created["token"].as_str().unwrap().to_owned(),
+    };
+    let queue = app.queue_name(&user);
+    assert_eq!(app.queue_depth(&queue).await, Some(0), "no postbox yet");
+
+    // A college broadcast sent before the newcomer ever polled waits in their postbox.
+    let resp = app
+        .post_json(
+            &admin,
+            "/api/v1/communication/notifications/",
+            json!({"college_id": college, "title": "Welcome"}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // The broadcast is published right after the answer: wait for it to land.
+    let mut depth = None;
+    for _ in 0..100 {
+        depth = app.queue_depth(&queue).await;
+        if depth == Some(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(depth, Some(1), "the broadcast did not reach the postbox");
+    let events = app.poll_events(&user).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "notification");
+    assert_eq!(events[0]["data"]["title"], "Welcome");
+}

@@ -112,6 +112,21 @@ async fn broker_outage_answers_503_and_loses_no_acknowledged_send() {
     let poll = app.poll(&bob).await;
     let body = assert_error(poll, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(body["error"], "broker_unavailable");
+    // Provisioning does not wait for the broker: the newcomer's postbox comes with their first poll.
+    let admin = app.create_user("root", "admin").await;
+    let resp = app
+        .post_json(
+            &admin,
+            "/api/v1/admin/users/",
+            serde_json::json!({"username": "newcomer"}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let created: serde_json::Value = resp.json().await.unwrap();
+    let newcomer = crate::helpers::TestUser {
+        id: created["id"].as_i64().unwrap(),
+        token: created["token"].as_str().unwrap().to_owned(),
+    };
 
     proxy.restore();
     // The service reconnects by itself; sends succeed again within a few attempts.
@@ -140,6 +155,10 @@ async fn broker_outage_answers_503_and_loses_no_acknowledged_send() {
             break;
         }
     }
+    assert!(app.queue_depth(&app.queue_name(&newcomer)).await.is_none());
+    let resp = app.poll(&newcomer).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(app.queue_depth(&app.queue_name(&newcomer)).await, Some(0));
     let missing: Vec<_> = acknowledged.difference(&received).collect();
     assert!(missing.is_empty(), "acknowledged sends lost: {missing:?}");
     let unexpected: Vec<_> = received.difference(&acknowledged).collect();
