@@ -799,6 +799,7 @@ async fn http_run(args: &LoadtestArgs) -> anyhow::Result<Report> {
         ));
     }
     eprintln!("loadtest {run}: attaching {} pollers", users.len());
+    let attach_began = Instant::now();
     let warm_deadline = Instant::now()
         + Duration::from_secs(60)
         + Duration::from_millis(20 * u64::from(args.users));
@@ -814,9 +815,12 @@ async fn http_run(args: &LoadtestArgs) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let setup_secs = setup_began.elapsed().as_secs_f64();
+    let first_poll_errors = tracker.poll_errors.load(Ordering::Relaxed);
     tracker.reset_polls();
     let mut report = empty_report(args, args.mode, started_at, args.message_chars);
     report.setup_secs = setup_secs;
+    report.attach_secs = attach_began.elapsed().as_secs_f64();
+    report.first_poll_errors = first_poll_errors;
 
     // The measured window.
     let overview_before = broker_overview(&control, args).await;
@@ -1084,6 +1088,8 @@ pub(crate) fn empty_report(
         params: args.params(message_size),
         machine: Machine::read(),
         setup_secs: 0.0,
+        attach_secs: 0.0,
+        first_poll_errors: 0,
         window_secs: 0.0,
         drain_secs: 0.0,
         attempted: 0,

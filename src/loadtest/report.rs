@@ -22,6 +22,14 @@ pub struct Report {
     pub machine: Machine,
     /// Seconds spent creating users and attaching every poller before the measured window.
     pub setup_secs: f64,
+    /// The part of the setup from starting the pollers until each one had a first answer (its
+    /// postbox's consumer attached).
+    #[serde(default)]
+    pub attach_secs: f64,
+    /// Polls that failed before every poller had its first answer (a 503 while thousands of first
+    /// polls attach at once, for example); not counted in `poll_errors`.
+    #[serde(default)]
+    pub first_poll_errors: u64,
     /// Length of the measured window (sending, or idling), in seconds.
     pub window_secs: f64,
     /// Seconds waited after the window for the last deliveries.
@@ -315,7 +323,19 @@ impl Report {
                 )
             },
         );
-        line(&mut out, "setup", format!("{:.1} s", self.setup_secs));
+        let attach = if self.mode == "raw" {
+            String::new()
+        } else {
+            format!(
+                " (attaching the pollers {:.1} s, {} failed polls meanwhile)",
+                self.attach_secs, self.first_poll_errors
+            )
+        };
+        line(
+            &mut out,
+            "setup",
+            format!("{:.1} s{attach}", self.setup_secs),
+        );
         line(
             &mut out,
             "window",
