@@ -10,9 +10,11 @@
 #   scripts/bench.sh raw               # the broker alone: publish with confirm + consume, no HTTP, no DB
 #   DB=postgres scripts/bench.sh a     # the same on PostgreSQL (a fresh database on 127.0.0.1:5432)
 #
-# Extra arguments after the scenario (and R for b) go to `postbox loadtest`; DURATION=s lengthens b,
+# Extra arguments after the scenario (and R for b) go to `postbox loadtest`; DURATION=s lengthens b and c,
 # SENDERS=n changes the concurrent senders of a, b and raw (64), USERS=n resizes c and d,
-# BIN=path benchmarks that binary instead of building this tree.
+# BIN=path benchmarks that binary instead of building this tree, RESTART=s restarts Postbox s seconds
+# after it started (same database and broker prefix: every poller's next poll is a first poll in the
+# new process, a restart storm; give the run a --duration that covers it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +63,7 @@ for _ in $([ -n "$broker_pid" ] && seq 60); do
 done
 
 server_pid=""
+restarter=""
 # Deletes the run's postboxes through RabbitMQ's management API (enabled by scripts/services.sh;
 # ~600 deletes/s). Left to their expiry instead, thousands of queues would be deleted by the broker
 # during the next run and skew it (raw baseline 6 300 -> 3 800 msg/s over one series).
@@ -73,8 +76,26 @@ delete_queues() {
     | xargs -r curl -s -o /dev/null -u guest:guest -X DELETE || true
 }
 
+# Stops the server whose pid is in $work/server.pid (started by this shell or by the restarter).
+stop_server() {
+  local pid
+  pid=$(cat "$work/server.pid" 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+}
+
+start_server() {
+  "$bin" serve --bind "127.0.0.1:$port" >>"$work/server.log" 2>&1 &
+  echo $! >"$work/server.pid"
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$port/api/v1/communication/poll/test/" >/dev/null && break
+    sleep 0.1
+  done
+}
+
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  if [ -n "$restarter" ]; then kill "$restarter" 2>/dev/null || true; fi
+  stop_server
   cp "$work/server.log" "${json%.json}.server.log" 2>/dev/null || true
   rm -rf "$work"
   delete_queues "$run_id"
@@ -89,20 +110,27 @@ lt=("$bin" loadtest --json "$json")
 if [ "$scenario" != raw ]; then
   "$bin" migrate >/dev/null
   admin=$("$bin" create-user --username bench-admin --role admin | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
-  "$bin" serve --bind "127.0.0.1:$port" >"$work/server.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/api/v1/communication/poll/test/" >/dev/null && break
-    sleep 0.1
-  done
+  start_server
+  server_pid=$(cat "$work/server.pid")
   lt+=(--url "http://127.0.0.1:$port" --admin-token "$admin" --server-pid "$server_pid")
+  if [ -n "${RESTART:-}" ]; then
+    # The loadtest's server figures then cover the first process only.
+    (
+      sleep "$RESTART"
+      echo "restarting Postbox ($(date +%T))" >&2
+      stop_server
+      start_server
+      echo "Postbox restarted ($(date +%T))" >&2
+    ) &
+    restarter=$!
+  fi
 fi
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 case "$scenario" in
   a) "${lt[@]}" --users 1000 --senders ${SENDERS:-64} --rate 2000 --duration 20 --drain 10 "$@" ;;
   b) "${lt[@]}" --users 1000 --senders ${SENDERS:-64} --rate "$rate" --duration "${DURATION:-15}" --drain 10 "$@" ;;
-  c) "${lt[@]}" --mode idle --users "${USERS:-10000}" --duration 20 "$@" ;;
+  c) "${lt[@]}" --mode idle --users "${USERS:-10000}" --duration "${DURATION:-20}" "$@" ;;
   d) "${lt[@]}" --mode broadcast --users "${USERS:-5000}" --duration 5 --drain 5 "$@" ;;
   raw) "${lt[@]}" --mode raw --users 1000 --senders ${SENDERS:-64} --rate 0 --duration 20 --drain 10 "$@" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
