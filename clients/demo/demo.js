@@ -125,6 +125,12 @@ const state = {
   notificationsSeq: 0, // bumped by every load and mark: only the newest answer is applied
   attachmentUrls: [], // blob: URLs of the open chat's attachments, revoked when it closes
   previews: new Map(), // message id -> Promise of an image's blob: URL
+  /**
+   * message id -> { read_at, delivered_at } of our own messages whose receipt came before the message
+   * itself: the reader's receipt and our own copy of the message reach us by different paths (the
+   * send's answer, our postbox), so under load the receipt can win. Applied when the message arrives.
+   */
+  early: new Map(),
   generation: 0, // bumped on logout: answers of an old session are dropped
 };
 
@@ -279,6 +285,7 @@ async function logout(message) {
   for (const timer of state.typing.values()) clearTimeout(timer);
   state.typing.clear();
   state.notifications = { available: false, unread: 0, items: [] };
+  state.early.clear();
   renderConversations();
   renderNotifications();
   $('notifications-panel').hidden = true;
@@ -377,6 +384,10 @@ function onReadReceipt(data) {
     for (const c of state.contacts.values()) if (c.conversationId === data.conversation_id) c.unread = 0;
     renderConversations();
   }
+  if (data.reader_id !== state.me.id) {
+    const at = data.read_at || new Date().toISOString();
+    for (const id of ids) rememberEarly(id, { read_at: at });
+  }
   const active = state.active;
   if (!active) return;
   const changed = [];
@@ -392,10 +403,23 @@ function onReadReceipt(data) {
   changed.forEach(updateMessageNode);
 }
 
+/**
+ * Remembers a receipt for one of our messages, in case the message itself is not here yet (see
+ * `state.early`). Bounded: the oldest go first.
+ */
+function rememberEarly(id, status) {
+  const known = state.early.get(id) || {};
+  state.early.delete(id);
+  state.early.set(id, { ...known, ...status });
+  while (state.early.size > 500) state.early.delete(state.early.keys().next().value);
+}
+
 function onDelivered(data) {
   const active = state.active;
-  if (!active) return;
   const ids = new Set(data.message_ids || []);
+  const at = data.delivered_at || new Date().toISOString();
+  for (const id of ids) rememberEarly(id, { delivered_at: at });
+  if (!active) return;
   for (const m of active.messages.values()) {
     if (ids.has(m.id) && !m.delivered_at) {
       m.delivered_at = data.delivered_at;
@@ -675,7 +699,14 @@ function addMessages(messages, mode) {
       known.read_at = known.read_at || m.read_at;
       known.delivered_at = known.delivered_at || m.delivered_at;
     } else {
-      active.messages.set(m.id, { ...m });
+      const added = { ...m };
+      const early = m.sender_id === state.me.id ? state.early.get(m.id) : undefined;
+      if (early) {
+        // Its receipt came first.
+        if (early.read_at) Object.assign(added, { is_read: true, read_at: added.read_at || early.read_at });
+        if (early.delivered_at) added.delivered_at = added.delivered_at || early.delivered_at;
+      }
+      active.messages.set(m.id, added);
       if (m.sender_id === state.me.id) mineAdded = true;
     }
   }

@@ -10,6 +10,9 @@
 // A third has a staff user notify Alice (a toast and the bell's badge, live; the panel lists it; marking it
 // read clears the badge, also on the server), then Alice's and Bob's college (both open pages get it).
 //
+// A fourth makes Alice's read receipt overtake Bob's own copy of his message on purpose (his postbox's
+// copy is held back from his page, the send's answer waits for the receipt): he still sees ✓✓.
+//
 // Environment: POSTBOX_URL, {ALICE,BOB,CAROL,STAFF}_{TOKEN,ID}, COLLEGE_ID, ARTIFACTS_DIR, CHROMIUM
 // (optional).
 
@@ -357,6 +360,82 @@ test('a staff user notifies alice, then her college: toasts, the bell, read stat
     passed = true;
   } finally {
     if (!passed) await screenshots(pages, '-failure');
+    await browser.close().catch(() => {});
+  }
+});
+
+test("a read receipt that overtakes the sender's own copy of the message still shows ✓✓", { timeout: 60_000 }, async () => {
+  const browser = await chromium.launch(LAUNCH);
+  const problems = [];
+  const pages = { 'alice-early': null, 'bob-early': null };
+  let passed = false;
+  try {
+    const { page: a } = await openAs(browser, 'alice', ALICE, problems);
+    pages['alice-early'] = a;
+    const { page: b } = await openAs(browser, 'bob', BOB, problems);
+    pages['bob-early'] = b;
+
+    // Both have the chat open: Alice reads Bob's next message the moment it arrives.
+    await a.locator(tid('new-chat-input')).fill(String(BOB.id));
+    await a.locator(tid('new-chat-button')).click();
+    await a.locator(`${tid('chat-title')}[data-user-id="${BOB.id}"]`).waitFor();
+    await b.locator(tid('new-chat-input')).fill(String(ALICE.id));
+    await b.locator(tid('new-chat-button')).click();
+    await b.locator(`${tid('chat-title')}[data-user-id="${ALICE.id}"]`).waitFor();
+
+    // Bob's page loses the race on purpose (under load it can by itself): his postbox's copy of the
+    // message never reaches the page, and the send's answer is held until Alice's receipt has.
+    const text = 'Read before I knew it';
+    let receiptPassed;
+    const receipt = new Promise((resolve) => {
+      receiptPassed = resolve;
+    });
+    let pollRouted;
+    const routed = new Promise((resolve) => {
+      pollRouted = resolve;
+    });
+    await b.route(
+      (url) => url.pathname.endsWith('/poll/events/'),
+      async (route) => {
+        pollRouted();
+        const response = await route.fetch();
+        const body = await response.json();
+        const events = body.events.filter((e) => !(e.event === 'message' && e.data && e.data.message === text));
+        await route.fulfill({ response, json: { ...body, events } });
+        if (events.some((e) => e.event === 'read_receipt')) receiptPassed();
+      },
+    );
+    await b.route(
+      (url) => url.pathname.endsWith('/communication/chats/'),
+      async (route) => {
+        if (route.request().method() !== 'POST') return route.fallback();
+        const response = await route.fetch();
+        await Promise.race([receipt, sleep(STEP_MS)]);
+        await sleep(300); // the page handles the receipt first
+        return route.fulfill({ response });
+      },
+    );
+
+    // The poll Bob's page had under way began before the route: Alice's typing ends it, and the next is
+    // routed.
+    await a.locator(tid('message-input')).pressSequentially('Hm', { delay: 30 });
+    await b.locator(tid('typing-indicator')).filter({ hasText: 'is typing' }).waitFor();
+    assert.equal(await Promise.race([routed.then(() => true), sleep(STEP_MS).then(() => false)]), true, 'a poll was routed');
+    await a.locator(tid('message-input')).fill('');
+
+    await b.locator(tid('message-input')).fill(text);
+    await b.locator(tid('send-button')).click();
+    await a.locator(`${tid('message')}[data-mine="false"]`).filter({ hasText: text }).waitFor();
+    await b.locator(`${tid('message')}[data-mine="true"]`).filter({ hasText: text }).waitFor();
+    assert.equal(await Promise.race([receipt.then(() => true), sleep(1).then(() => false)]), true, 'the receipt came first');
+    await b.locator(`${tid('message')}[data-mine="true"][data-status="read"]`).filter({ hasText: text }).waitFor();
+
+    assert.deepEqual(problems, [], 'no page errors');
+    passed = true;
+  } finally {
+    if (!passed) await screenshots(pages, '-failure');
+    // A poll held by the route is still waiting on the server: let it go before the browser does.
+    if (pages['bob-early']) await pages['bob-early'].unrouteAll({ behavior: 'ignoreErrors' }).catch(() => {});
     await browser.close().catch(() => {});
   }
 });
