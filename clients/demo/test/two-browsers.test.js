@@ -127,12 +127,30 @@ async function screenshots(pages, suffix = '') {
   }
 }
 
-test('alice and bob chat live through the demo page', { timeout: 100_000 }, async () => {
+/**
+ * Runs `body(browser, problems)` in a fresh browser: `problems` collects the pages' errors (openAs) and
+ * must stay empty; on failure the pages named in `pages` are screenshotted; routes are let go and the
+ * browser closed however it ends.
+ */
+async function withBrowser(pages, body) {
   const browser = await chromium.launch(LAUNCH);
   const problems = [];
-  const pages = { alice: null, bob: null };
   let passed = false;
   try {
+    await body(browser, problems);
+    assert.deepEqual(problems, [], 'no page errors');
+    passed = true;
+  } finally {
+    if (!passed) await screenshots(pages, '-failure');
+    // A poll held by a route is still waiting on the server: let it go before the browser does.
+    for (const page of Object.values(pages)) if (page) await page.unrouteAll({ behavior: 'ignoreErrors' }).catch(() => {});
+    await browser.close().catch(() => {});
+  }
+}
+
+test('alice and bob chat live through the demo page', { timeout: 100_000 }, async () => {
+  const pages = { alice: null, bob: null };
+  await withBrowser(pages, async (browser, problems) => {
     const alice = await openAs(browser, 'alice', ALICE, problems);
     pages.alice = alice.page;
     const bob = await openAs(browser, 'bob', BOB, problems);
@@ -192,13 +210,8 @@ test('alice and bob chat live through the demo page', { timeout: 100_000 }, asyn
     await a.locator(`${tid('chat-presence')}[data-online="true"]`).waitFor();
     await b.locator(`${tid('conversation')}[data-user-id="${ALICE.id}"] ${tid('presence-dot')}[data-online="true"]`).waitFor();
 
-    assert.deepEqual(problems, [], 'no page errors');
     await screenshots(pages);
-    passed = true;
-  } finally {
-    if (!passed) await screenshots(pages, '-failure');
-    await browser.close().catch(() => {});
-  }
+  });
 });
 
 test('history pages back on scroll, an attachment goes out, logout forgets the token', { timeout: 90_000 }, async () => {
@@ -209,11 +222,8 @@ test('history pages back on scroll, an attachment goes out, logout forgets the t
     await sleep(60);
   }
   const notifications = await api(ALICE, 'GET', 'notifications/');
-  const browser = await chromium.launch(LAUNCH);
-  const problems = [];
   const pages = { 'alice-history': null };
-  let passed = false;
-  try {
+  await withBrowser(pages, async (browser, problems) => {
     const { page: a } = await openAs(browser, 'alice', ALICE, problems);
     pages['alice-history'] = a;
 
@@ -262,22 +272,12 @@ test('history pages back on scroll, an attachment goes out, logout forgets the t
     assert.equal(await a.evaluate(() => localStorage.getItem('postbox-demo-token')), null);
     await a.reload();
     await a.locator(tid('login-view')).waitFor();
-
-    assert.deepEqual(problems, [], 'no page errors');
-    passed = true;
-  } finally {
-    if (!passed) await screenshots(pages, '-failure');
-    await browser.close().catch(() => {});
-  }
+  });
 });
 
-
 test('a staff user notifies alice, then her college: toasts, the bell, read state', { timeout: 100_000 }, async () => {
-  const browser = await chromium.launch(LAUNCH);
-  const problems = [];
   const pages = { 'alice-notifications': null, 'bob-notifications': null };
-  let passed = false;
-  try {
+  await withBrowser(pages, async (browser, problems) => {
     const { page: a } = await openAs(browser, 'alice', ALICE, problems);
     pages['alice-notifications'] = a;
     const bell = a.locator(tid('notifications-button'));
@@ -355,21 +355,12 @@ test('a staff user notifies alice, then her college: toasts, the bell, read stat
     assert.equal((await api(ALICE, 'GET', 'notifications/')).body.unread_count, 0);
     assert.equal((await api(BOB, 'GET', 'notifications/')).body.unread_count, 1, 'read state is per user');
     assert.equal(await b.locator(tid('notifications-badge')).textContent(), '1');
-
-    assert.deepEqual(problems, [], 'no page errors');
-    passed = true;
-  } finally {
-    if (!passed) await screenshots(pages, '-failure');
-    await browser.close().catch(() => {});
-  }
+  });
 });
 
 test("a read receipt that overtakes the sender's own copy of the message still shows ✓✓", { timeout: 60_000 }, async () => {
-  const browser = await chromium.launch(LAUNCH);
-  const problems = [];
   const pages = { 'alice-early': null, 'bob-early': null };
-  let passed = false;
-  try {
+  await withBrowser(pages, async (browser, problems) => {
     const { page: a } = await openAs(browser, 'alice', ALICE, problems);
     pages['alice-early'] = a;
     const { page: b } = await openAs(browser, 'bob', BOB, problems);
@@ -429,13 +420,5 @@ test("a read receipt that overtakes the sender's own copy of the message still s
     await b.locator(`${tid('message')}[data-mine="true"]`).filter({ hasText: text }).waitFor();
     assert.equal(await Promise.race([receipt.then(() => true), sleep(1).then(() => false)]), true, 'the receipt came first');
     await b.locator(`${tid('message')}[data-mine="true"][data-status="read"]`).filter({ hasText: text }).waitFor();
-
-    assert.deepEqual(problems, [], 'no page errors');
-    passed = true;
-  } finally {
-    if (!passed) await screenshots(pages, '-failure');
-    // A poll held by the route is still waiting on the server: let it go before the browser does.
-    if (pages['bob-early']) await pages['bob-early'].unrouteAll({ behavior: 'ignoreErrors' }).catch(() => {});
-    await browser.close().catch(() => {});
-  }
+  });
 });
