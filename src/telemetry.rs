@@ -36,7 +36,8 @@ pub mod names {
     pub const PUBLISH_FAILURES: &str = "postbox_publish_failures_total";
     /// Gauge: long polls waiting or answering now.
     pub const POLLS_IN_FLIGHT: &str = "postbox_polls_in_flight";
-    /// Counter: finished polls by `outcome`: `events`, `timeout`, `disconnected`, `error`, `revoked`.
+    /// Counter: finished polls by `outcome`: `events`, `timeout`, `attaching` (no events: the postbox's
+    /// consumer was still attaching, RabbitMQ busy), `disconnected`, `error`, `revoked`.
     pub const POLL_OUTCOMES: &str = "postbox_poll_outcomes_total";
     /// Histogram: seconds from an event's creation to its hand-over to a client.
     pub const DELIVERY_LATENCY: &str = "postbox_delivery_latency_seconds";

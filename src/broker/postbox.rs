@@ -42,6 +42,10 @@ use super::{Broker, BrokerError, EXPIRES_AT_HEADER, Postbox, pool};
 /// one batch.
 const BACKLOG_WAIT: Duration = Duration::from_millis(50);
 
+/// An attach still under way after this long, while others succeed, is logged as stuck (10 000 first
+/// polls at once attach within ~8 s here).
+const STUCK_ATTACH: Duration = Duration::from_secs(30);
+
 /// Consumers hosted by one AMQP channel before another channel is opened.
 pub const CONSUMERS_PER_CHANNEL: usize = 256;
 
@@ -57,8 +61,9 @@ struct HubInner {
     linger: Duration,
     timeout: Duration,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    /// Slots being opened, by queue: the polls of one postbox wait for one attach.
-    opening: Mutex<HashMap<String, Opening>>,
+    /// Slots being opened, by queue, with when each attach began: the polls of one postbox wait for
+    /// one attach.
+    opening: Mutex<HashMap<String, (Instant, Opening)>>,
     /// When a slot was last opened: RabbitMQ is answering attaches, however slowly.
     last_opened: Mutex<Option<Instant>>,
     channels: tokio::sync::Mutex<Vec<ConsumerChannel>>,
@@ -224,7 +229,9 @@ impl Hub {
             // Boxed: attaching (declare, consume) is a large future needed once per postbox; inline it
             // would enlarge every waiting poll.
             let Some(slot) = Box::pin(self.slot(&broker, queue, postbox, deadline)).await? else {
-                return Ok(Lease::empty());
+                let mut lease = Lease::empty();
+                lease.attaching = true;
+                return Ok(lease);
             };
             let _user = SlotUser::new(&slot);
             if let Some(last) = cursor {
@@ -264,6 +271,7 @@ impl Hub {
                             slot: Some(slot.clone()),
                             deliveries,
                             cursor: cursor.is_some(),
+                            attaching: false,
                         });
                     }
                 }
@@ -343,7 +351,7 @@ impl Hub {
             {
                 return Ok(Some(slot.clone()));
             }
-            let opening = self.opening(broker, queue, postbox);
+            let (began, opening) = self.opening(broker, queue, postbox);
             match tokio::time::timeout_at(wait.until(deadline), opening).await {
                 Ok(Ok(slot)) => return Ok(Some(slot)),
                 // This attach gave up waiting (for a declare channel, for RabbitMQ): while others get
@@ -355,7 +363,19 @@ impl Hub {
             let now = tokio::time::Instant::now();
             match wait.next(now, deadline, self.opened_within(round)) {
                 AfterWait::Again => {}
-                AfterWait::Empty => return Ok(None),
+                AfterWait::Empty => {
+                    // Others attach, this one does not: say so once it is clearly stuck (a herd of
+                    // first polls attaches within seconds), as its polls answer no events meanwhile.
+                    let waited = began.elapsed();
+                    if waited >= STUCK_ATTACH {
+                        tracing::warn!(
+                            queue,
+                            waited_secs = waited.as_secs(),
+                            "a postbox's consumer is still attaching while others attach; its polls answer no events meanwhile (its events stay in RabbitMQ)"
+                        );
+                    }
+                    return Ok(None);
+                }
                 AfterWait::Fail => return Err(BrokerError::Timeout(round)),
             }
         }
@@ -370,8 +390,8 @@ impl Hub {
             .is_some_and(|t| t.elapsed() < period)
     }
 
-    /// The attach under way for a postbox, started when there is none.
-    fn opening(&self, broker: &Broker, queue: &str, postbox: &Postbox) -> Opening {
+    /// The attach under way for a postbox, started when there is none, and when it began.
+    fn opening(&self, broker: &Broker, queue: &str, postbox: &Postbox) -> (Instant, Opening) {
         self.inner
             .opening
             .lock()
@@ -384,6 +404,7 @@ impl Hub {
                 // consume abandoned halfway can leave RabbitMQ a consumer nobody reads, holding the
                 // postbox's events unacknowledged. Once open, the slot is registered (an unused one is
                 // reaped after the linger time) and the next poll finds it ready.
+                let began = Instant::now();
                 let task = tokio::spawn(async move {
                     // Forgotten however the attempt ends (a panic included), so the next poll
                     // tries again instead of inheriting this outcome.
@@ -397,7 +418,7 @@ impl Hub {
                     }
                     opened
                 });
-                async move {
+                let opening = async move {
                     task.await.unwrap_or_else(|e| {
                         Err(BrokerError::Unavailable(format!(
                             "opening a postbox failed: {e}"
@@ -405,7 +426,8 @@ impl Hub {
                     })
                 }
                 .boxed()
-                .shared()
+                .shared();
+                (began, opening)
             })
             .clone()
     }
@@ -766,6 +788,8 @@ pub struct Lease {
     deliveries: Vec<Delivery>,
     /// Handed to a cursor client: parked in flight when sent, not acknowledged.
     cursor: bool,
+    /// Empty because the postbox's consumer was still attaching at the poll's deadline.
+    attaching: bool,
 }
 
 impl Lease {
@@ -774,7 +798,13 @@ impl Lease {
             slot: None,
             deliveries: Vec::new(),
             cursor: false,
+            attaching: false,
         }
+    }
+
+    /// Empty because the postbox's consumer was still attaching at the poll's deadline (RabbitMQ busy).
+    pub fn attaching(&self) -> bool {
+        self.attaching
     }
 
     pub fn is_empty(&self) -> bool {

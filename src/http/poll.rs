@@ -154,7 +154,11 @@ async fn events(
         }
     };
     if lease.is_empty() && gap.is_none() {
-        tracker.finish("timeout");
+        tracker.finish(if lease.attaching() {
+            "attaching"
+        } else {
+            "timeout"
+        });
     }
     Ok(poll_response(state, user.id, lease, gap, tracker))
 }
