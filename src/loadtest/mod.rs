@@ -800,9 +800,8 @@ async fn http_run(args: &LoadtestArgs) -> anyhow::Result<Report> {
     }
     eprintln!("loadtest {run}: attaching {} pollers", users.len());
     let attach_began = Instant::now();
-    let warm_deadline = Instant::now()
-        + Duration::from_secs(60)
-        + Duration::from_millis(20 * u64::from(args.users));
+    let warm_deadline =
+        attach_began + Duration::from_secs(60) + Duration::from_millis(20 * u64::from(args.users));
     while ready.load(Ordering::Relaxed) < u64::from(args.users) {
         if Instant::now() > warm_deadline {
             stop.cancel();
