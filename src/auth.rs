@@ -106,12 +106,27 @@ impl AuthUser {
 
 /// The token a request carries, from the header or the query string.
 pub fn token_from_parts(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, key) = value.split_once(' ')?;
-        return (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
-            .then(|| key.trim().to_owned());
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return header_token(parts);
     }
+    query_token(parts)
+}
+
+/// The token of the `Authorization: Token <key>` (or `Bearer <key>`) header.
+fn header_token(parts: &Parts) -> Option<String> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, key) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
+        .then(|| key.trim().to_owned())
+}
+
+/// The token of the `?token=` query parameter.
+fn query_token(parts: &Parts) -> Option<String> {
     parts.uri.query().and_then(|q| {
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;
@@ -139,7 +154,9 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let key_hash = hash_token(&request_key(parts)?);
-        lookup(state, &key_hash, false).await.map(AuthUser)
+        lookup(state, &key_hash, false)
+            .await
+            .map(|(user, _)| AuthUser(user))
     }
 }
 
@@ -156,6 +173,8 @@ pub struct PollingUser {
     pub user: user::Model,
     /// The digest of the token it authenticated with, for the waiting registry.
     pub key_hash: String,
+    /// When that token expires: a poll or stream still open then ends (401), as on a revocation.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl FromRequestParts<AppState> for PollingUser {
@@ -163,16 +182,24 @@ impl FromRequestParts<AppState> for PollingUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let key_hash = hash_token(&request_key(parts)?);
-        let user = lookup(state, &key_hash, true).await?;
-        Ok(PollingUser { user, key_hash })
+        let (user, expires_at) = lookup(state, &key_hash, true).await?;
+        Ok(PollingUser {
+            user,
+            key_hash,
+            expires_at,
+        })
     }
 }
 
-/// The user of a live token: from the cache when `cached` and remembered there, else from the database
-/// (and then remembered, for the polling path).
-async fn lookup(state: &AppState, key_hash: &str, cached: bool) -> Result<user::Model, AppError> {
-    if cached && let Some(user) = state.tokens.get(key_hash) {
-        return Ok(user);
+/// The user of a live token and the token's expiry: from the cache when `cached` and remembered
+/// there, else from the database (and then remembered, for the polling path).
+async fn lookup(
+    state: &AppState,
+    key_hash: &str,
+    cached: bool,
+) -> Result<(user::Model, Option<DateTime<Utc>>), AppError> {
+    if cached && let Some(found) = state.tokens.get(key_hash) {
+        return Ok(found);
     }
     let generation = state.tokens.generation();
     let found = tokio::time::timeout(
@@ -191,7 +218,7 @@ async fn lookup(state: &AppState, key_hash: &str, cached: bool) -> Result<user::
             state
                 .tokens
                 .insert(token.key_hash, &token.user, token.expires_at, generation);
-            Ok(token.user)
+            Ok((token.user, token.expires_at))
         }
         None => Err(AppError::Unauthorized("invalid token".into())),
     }
@@ -271,12 +298,12 @@ impl TokenCache {
         self.inner.lock().expect("token cache lock")
     }
 
-    /// The user of a remembered, still live token.
-    pub fn get(&self, key_hash: &str) -> Option<user::Model> {
+    /// The user of a remembered, still live token, and the token's expiry.
+    pub fn get(&self, key_hash: &str) -> Option<(user::Model, Option<DateTime<Utc>>)> {
         let mut inner = self.lock();
         let entry = inner.entries.get(key_hash)?;
         if entry.until > Instant::now() && entry.expires_at.is_none_or(|t| t > Utc::now()) {
-            return Some(entry.user.clone());
+            return Some((entry.user.clone(), entry.expires_at));
         }
         inner.entries.remove(key_hash);
         None
@@ -361,11 +388,20 @@ impl FromRequestParts<AppState> for ServiceCaller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let key = token_from_parts(parts).ok_or_else(|| {
-            AppError::Unauthorized(
-                "a service token is required: send `Authorization: Bearer <service token>` (create one with `postbox service-tokens create`)"
-                    .into(),
-            )
+        // The header only: a URL ends up in proxy and access logs, and a service token reaches every
+        // user. One sent in `?token=` is refused, even when it is valid.
+        let key = header_token(parts).ok_or_else(|| {
+            if query_token(parts).is_some() {
+                AppError::Unauthorized(
+                    "service tokens are accepted only in the `Authorization: Bearer <service token>` header, never in the URL (it ends up in logs); consider revoking this one (`postbox service-tokens revoke`)"
+                        .into(),
+                )
+            } else {
+                AppError::Unauthorized(
+                    "a service token is required: send `Authorization: Bearer <service token>` (create one with `postbox service-tokens create`)"
+                        .into(),
+                )
+            }
         })?;
         if !key.starts_with(SERVICE_TOKEN_PREFIX) || key.len() > 128 {
             return Err(AppError::Unauthorized(
@@ -417,13 +453,13 @@ mod tests {
         cache.insert("a".into(), &user(1), None, g);
         cache.insert("b".into(), &user(1), None, g);
         cache.insert("c".into(), &user(2), None, g);
-        assert_eq!(cache.get("a").map(|u| u.id), Some(1));
+        assert_eq!(cache.get("a").map(|(u, _)| u.id), Some(1));
         cache.forget_tokens(&["a".into()]);
         assert!(cache.get("a").is_none());
         assert!(cache.get("b").is_some());
         cache.forget_user(1);
         assert!(cache.get("b").is_none());
-        assert_eq!(cache.get("c").map(|u| u.id), Some(2));
+        assert_eq!(cache.get("c").map(|(u, _)| u.id), Some(2));
         cache.clear();
         assert!(cache.get("c").is_none());
     }

@@ -387,6 +387,10 @@ async fn service_tokens(action: ServiceTokensAction) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The longest token lifetime `tokens create --expires-in-days` takes (100 years); longer ones would
+/// overflow the time arithmetic.
+const MAX_TOKEN_DAYS: i64 = 36_500;
+
 /// `postbox tokens ...`: list, create and revoke a user's API tokens.
 #[derive(Debug, Subcommand)]
 pub enum TokensAction {
@@ -401,8 +405,8 @@ pub enum TokensAction {
     Create {
         #[arg(long)]
         username: String,
-        /// Days until the token expires (default: it does not expire).
-        #[arg(long)]
+        /// Days until the token expires, 1 to 36 500 (default: it does not expire).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_TOKEN_DAYS))]
         expires_in_days: Option<u32>,
         #[command(flatten)]
         config: Config,

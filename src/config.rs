@@ -16,10 +16,12 @@ pub struct Config {
     pub bind: SocketAddr,
 
     /// Database URL: `sqlite://FILE?mode=rwc` (embedded default) or `postgres://user@host/db`.
+    // `hide_env_values`: the URL may carry a password, and `--help` would print it.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://postbox.db?mode=rwc"
+        default_value = "sqlite://postbox.db?mode=rwc",
+        hide_env_values = true
     )]
     pub database_url: String,
 
@@ -27,7 +29,8 @@ pub struct Config {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
     )]
     pub amqp_url: String,
 
@@ -190,6 +193,23 @@ pub struct Config {
     /// Serve the demo chat page at `/demo/` (and redirect `/` to it); off: those paths answer 404.
     #[arg(long, env = "POSTBOX_DEMO", default_value_t = false)]
     pub demo: bool,
+
+    /// Origins whose pages may call the API from a browser (CORS), comma-separated, each
+    /// `scheme://host[:port]` (`https://app.example.com,http://localhost:3000`), or `*` for any. Empty
+    /// (the default): no CORS headers, so only pages served by Postbox's own origin can call it.
+    #[arg(long, env = "POSTBOX_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: String,
+}
+
+/// Which browser origins may call the API (see `Config::cors_origins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS headers at all.
+    None,
+    /// Any origin (`*`).
+    Any,
+    /// These origins, exactly as browsers send them in `Origin`.
+    List(Vec<String>),
 }
 
 /// A configuration value that cannot work.
@@ -256,7 +276,33 @@ impl Config {
         if self.backend_timeout_secs == 0 {
             return bad("POSTBOX_BACKEND_TIMEOUT must be at least 1 second");
         }
+        self.cors()?;
         Ok(())
+    }
+
+    /// The parsed `POSTBOX_CORS_ORIGINS`.
+    pub fn cors(&self) -> Result<CorsOrigins, ConfigError> {
+        let entries: Vec<&str> = self
+            .cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
+        if entries.is_empty() {
+            return Ok(CorsOrigins::None);
+        }
+        if entries == ["*"] {
+            return Ok(CorsOrigins::Any);
+        }
+        let mut origins = Vec::with_capacity(entries.len());
+        for entry in entries {
+            origins.push(origin(entry).ok_or_else(|| {
+                ConfigError(format!(
+                    "POSTBOX_CORS_ORIGINS: {entry:?} is not an origin; give `scheme://host[:port]`                      without a path (for example `https://app.example.com`), or `*` alone"
+                ))
+            })?);
+        }
+        Ok(CorsOrigins::List(origins))
     }
 
     pub fn poll_timeout(&self) -> Duration {
@@ -296,6 +342,23 @@ impl Config {
     }
 }
 
+/// An origin as a browser sends it (`https://host[:port]`, lower case, no default port, no path), or
+/// `None` when `text` is not one.
+fn origin(text: &str) -> Option<String> {
+    let url = url::Url::parse(text).ok()?;
+    let bare = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && !text
+            .trim_end_matches('/')
+            .ends_with(['?', '#']);
+    bare.then(|| url.origin().ascii_serialization())
+}
+
 /// How broadcasts are published (see `Config::broadcast_delivery`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BroadcastDelivery {
@@ -304,16 +367,30 @@ pub enum BroadcastDelivery {
 }
 
 /// Replaces the password of a URL with `***`, for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+///
+/// The URL is parsed (WHATWG rules, as browsers and the `url` crate read it: the user information ends
+/// at the **last** `@` of the authority), so a password that contains `@` or `:` is hidden whole. Text
+/// that does not parse as a URL but looks like it carries user information (`scheme://…@…`) has
+/// everything between `://` and its last `@` hidden, user name included: nothing of a secret is printed
+/// when in doubt.
+pub fn redact_url(text: &str) -> String {
+    if let Ok(mut url) = url::Url::parse(text)
+        && url.has_authority()
+    {
+        if url.password().is_some() && url.set_password(Some("***")).is_ok() {
+            return url.to_string();
+        }
+        if url.password().is_none() {
+            return text.to_owned();
+        }
+    }
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => text.to_owned(),
     }
 }
 
@@ -329,5 +406,61 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://postbox.db"), "sqlite://postbox.db");
         assert_eq!(redact_url("postgres://root@h/db"), "postgres://root@h/db");
+    }
+
+    #[test]
+    fn cors_origins_are_parsed_as_browsers_send_them() {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let parse = |s: &str| {
+            let mut c = <Wrapper as clap::Parser>::parse_from(["postbox"]).config;
+            c.cors_origins = s.into();
+            c.cors()
+        };
+        assert_eq!(parse("").unwrap(), CorsOrigins::None);
+        assert_eq!(parse(" * ").unwrap(), CorsOrigins::Any);
+        assert_eq!(
+            parse("https://App.Example.com, http://localhost:3000/,https://a.example:443").unwrap(),
+            CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into(),
+                "https://a.example".into(),
+            ])
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/path",
+            "ftp://files.example",
+            "https://user@app.example.com",
+            "*,https://a.example",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn redacts_a_password_with_at_signs_and_colons_whole() {
+        for (url, secret) in [
+            ("amqp://guest:p@ss@word@127.0.0.1:5672/%2f", "ss@word"),
+            ("postgres://app:a:b@c@db.internal:5432/postbox", "a:b@c"),
+            ("amqps://u:%40%3Asecret@host/vhost", "secret"),
+        ] {
+            let redacted = redact_url(url);
+            assert!(!redacted.contains(secret), "{url} -> {redacted}");
+            assert!(redacted.contains("***"), "{url} -> {redacted}");
+        }
+        assert_eq!(
+            redact_url("amqp://guest:p@ss@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        // Not a URL the parser takes (a space in the host), yet user information: all of it hidden.
+        assert_eq!(
+            redact_url("amqp://guest:p@ss@bad host/x"),
+            "amqp://***@bad host/x"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

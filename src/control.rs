@@ -64,12 +64,70 @@ struct WaitingInner {
 /// How long a revocation is remembered for polls registering late (far longer than the race it covers).
 const RECENT_REVOCATIONS: Duration = Duration::from_secs(60);
 
-/// Removes a waiting poll from the registry when dropped.
+/// Removes a waiting poll from the registry when dropped; tells the poll when it must end early.
 pub struct WaitingGuard {
     waiting: Waiting,
     key_hash: String,
     id: u64,
-    pub revoked: CancellationToken,
+    revoked: CancellationToken,
+    /// The token's expiry: a poll or stream still open then ends too.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Why a poll or stream ends before its time: its token stopped being valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Revoked,
+    Expired,
+}
+
+impl Ended {
+    /// The label of the poll's outcome metric.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Ended::Revoked => "revoked",
+            Ended::Expired => "expired",
+        }
+    }
+
+    /// What the client is told (401).
+    pub fn detail(self) -> &'static str {
+        match self {
+            Ended::Revoked => "the token was revoked",
+            Ended::Expired => "the token expired; authenticate again",
+        }
+    }
+}
+
+impl WaitingGuard {
+    /// Resolves when the token is revoked or reaches its expiry, whichever comes first.
+    pub async fn ended(&self) -> Ended {
+        let expiry = async {
+            match self.expires_at {
+                Some(at) => {
+                    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.revoked.cancelled() => Ended::Revoked,
+            () = expiry => Ended::Expired,
+        }
+    }
+
+    /// Whether the token is revoked or expired now.
+    pub fn over(&self) -> Option<Ended> {
+        if self.revoked.is_cancelled() {
+            Some(Ended::Revoked)
+        } else if self.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+            Some(Ended::Expired)
+        } else {
+            None
+        }
+    }
 }
 
 impl Drop for WaitingGuard {
@@ -85,9 +143,14 @@ impl Drop for WaitingGuard {
 }
 
 impl Waiting {
-    /// Registers a poll waiting with this token; its `revoked` token fires if the token is revoked, or
-    /// at once if it was revoked lately.
-    pub fn register(&self, key_hash: &str) -> WaitingGuard {
+    /// Registers a poll waiting with this token, which expires at `expires_at`; the guard's
+    /// [`WaitingGuard::ended`] resolves if the token is revoked (at once if it was revoked lately) or
+    /// when it expires.
+    pub fn register(
+        &self,
+        key_hash: &str,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> WaitingGuard {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let revoked = CancellationToken::new();
         {
@@ -110,6 +173,7 @@ impl Waiting {
             key_hash: key_hash.to_owned(),
             id,
             revoked,
+            expires_at,
         }
     }
 
@@ -320,15 +384,32 @@ mod tests {
     #[test]
     fn a_revocation_ends_waiting_polls_and_those_registering_late() {
         let waiting = Waiting::default();
-        let early = waiting.register("a");
-        let other = waiting.register("b");
+        let early = waiting.register("a", None);
+        let other = waiting.register("b", None);
         assert_eq!(waiting.revoke(&["a".into()]), 1);
-        assert!(early.revoked.is_cancelled());
-        assert!(!other.revoked.is_cancelled());
+        assert_eq!(early.over(), Some(Ended::Revoked));
+        assert_eq!(other.over(), None);
         // A poll that authenticated before the revocation arrived but registers after it.
-        let late = waiting.register("a");
-        assert!(late.revoked.is_cancelled());
+        let late = waiting.register("a", None);
+        assert_eq!(late.over(), Some(Ended::Revoked));
         drop((early, late));
-        assert!(!waiting.register("b").revoked.is_cancelled());
+        assert_eq!(waiting.register("b", None).over(), None);
+    }
+
+    #[tokio::test]
+    async fn a_poll_ends_when_its_token_expires() {
+        let waiting = Waiting::default();
+        let soon = chrono::Utc::now() + chrono::TimeDelta::milliseconds(200);
+        let guard = waiting.register("a", Some(soon));
+        assert_eq!(guard.over(), None);
+        let ended = tokio::time::timeout(Duration::from_secs(5), guard.ended()).await;
+        assert_eq!(ended, Ok(Ended::Expired));
+        assert!(chrono::Utc::now() >= soon, "not before the expiry");
+        assert_eq!(guard.over(), Some(Ended::Expired));
+        // A revocation wins over a later expiry.
+        let later = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+        let guard = waiting.register("b", Some(later));
+        waiting.revoke(&["b".into()]);
+        assert_eq!(guard.ended().await, Ended::Revoked);
     }
 }

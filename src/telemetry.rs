@@ -19,7 +19,13 @@ pub fn init(json: bool) {
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    // Colour escapes only for a terminal: a journal, a file or a pipe gets plain text.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
 }
@@ -37,7 +43,8 @@ pub mod names {
     /// Gauge: long polls waiting or answering now.
     pub const POLLS_IN_FLIGHT: &str = "postbox_polls_in_flight";
     /// Counter: finished polls by `outcome`: `events`, `timeout`, `attaching` (no events: the postbox's
-    /// consumer was still attaching, RabbitMQ busy), `disconnected`, `error`, `revoked`.
+    /// consumer was still attaching, RabbitMQ busy), `disconnected`, `error`, `revoked`, `expired`
+    /// (the token expired while the poll waited).
     pub const POLL_OUTCOMES: &str = "postbox_poll_outcomes_total";
     /// Histogram: seconds from an event's creation to its hand-over to a client.
     pub const DELIVERY_LATENCY: &str = "postbox_delivery_latency_seconds";

@@ -24,6 +24,7 @@ use axum::{
 };
 use tower_http::{
     catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -31,7 +32,11 @@ use tower_http::{
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{error::AppError, state::AppState};
+use crate::{
+    config::{Config, CorsOrigins},
+    error::AppError,
+    state::AppState,
+};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -73,13 +78,20 @@ pub fn openapi_json() -> String {
 /// The whole application router: the API, its document and docs page, JSON fallbacks, middleware.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api(state.config.max_attachment_bytes).split_for_parts();
-    api.merge(docs::router(openapi))
+    let app = api
+        .merge(docs::router(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .route_layer(axum::middleware::from_fn(ops::track))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(
+        .layer(CatchPanicLayer::custom(panic_response));
+    // Inside the trace layer (preflights are logged) and outside everything else: a preflight is
+    // answered before authentication, and every answer (errors included) carries the CORS headers.
+    let app = match cors(&state.config) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
                     let request_id = req
@@ -99,6 +111,48 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The CORS layer for `POSTBOX_CORS_ORIGINS`, `None` when no origin is allowed (no CORS headers).
+///
+/// Tokens travel in the `Authorization` header (or the query string), never in cookies, so credentials
+/// mode is not needed and `*` is safe to offer. Exposed: the headers a client reads from an answer.
+fn cors(config: &Config) -> Option<CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    let origins = match config.cors().ok()? {
+        CorsOrigins::None => return None,
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::PUT,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+                REQUEST_ID,
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                header::CONTENT_DISPOSITION,
+                header::CONTENT_LENGTH,
+                REQUEST_ID,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> AppError {

@@ -83,14 +83,18 @@ pub struct PollParams {
     responses(
         (status = 200, description = "Events (possibly none)", body = PollResponse),
         (status = 400, description = "Invalid client_id", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token, or the token was revoked or expired while the poll waited", body = ErrorBody),
         (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
     ),
     security(("token" = []), ("token_query" = []))
 )]
 async fn events(
     State(state): State<AppState>,
-    PollingUser { user, key_hash }: PollingUser,
+    PollingUser {
+        user,
+        key_hash,
+        expires_at,
+    }: PollingUser,
     Query(params): Query<PollParams>,
 ) -> Result<Response, AppError> {
     // Validate everything before any side effect (registration, presence).
@@ -131,17 +135,17 @@ async fn events(
         };
     let max = state.config.queue_max_length as usize;
     let mut tracker = PollTracker::start();
-    let waiting = state.waiting.register(&key_hash);
+    let waiting = state.waiting.register(&key_hash, expires_at);
     // Cursor mode for registered clients and for anyone sending a cursor; seed mode otherwise.
     let cursor = (params.client_id.is_some() || params.last_event_id.is_some())
         .then(|| params.last_event_id.as_deref().filter(|l| !l.is_empty()));
     let wait = state.broker.hub().wait(&postbox, deadline, max, cursor);
     let result = tokio::select! {
-        // A revoked token gets nothing, even when events are ready.
+        // A revoked or expired token gets nothing, even when events are ready.
         biased;
-        () = waiting.revoked.cancelled() => {
-            tracker.finish("revoked");
-            return Err(AppError::Unauthorized("the token was revoked".into()));
+        ended = waiting.ended() => {
+            tracker.finish(ended.outcome());
+            return Err(AppError::Unauthorized(ended.detail().into()));
         }
         r = wait => r,
     };

@@ -108,7 +108,7 @@ fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
 /// `connected` first, then every event as an SSE record (`id`, `event`, `data`), and `heartbeat` records
 /// when idle. Resume with `Last-Event-ID` (automatic in browsers) or `?last_event_id=`: nothing is lost,
 /// unconfirmed events come again with the same ids. The stream ends after a while (5 minutes by
-/// default); reconnect. Authenticate with `?token=` (EventSource cannot set headers) or the header.
+/// default); reconnect. It also ends when the token is revoked or expires (the reconnect gets 401). Authenticate with `?token=` (EventSource cannot set headers) or the header.
 #[utoipa::path(
     get,
     path = "/sse/events/",
@@ -124,7 +124,11 @@ fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
 )]
 async fn events(
     State(state): State<AppState>,
-    PollingUser { user, key_hash }: PollingUser,
+    PollingUser {
+        user,
+        key_hash,
+        expires_at,
+    }: PollingUser,
     headers: HeaderMap,
     crate::http::extract::Query(params): crate::http::extract::Query<SseParams>,
 ) -> Result<Response, AppError> {
@@ -153,7 +157,7 @@ async fn events(
         params.client_id.as_deref(),
     ))
     .await?;
-    let waiting = state.waiting.register(&key_hash);
+    let waiting = state.waiting.register(&key_hash, expires_at);
     let connected = record(
         None,
         "connected",
@@ -231,10 +235,7 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
         return Some((Ok(resync), s));
     }
     let now = tokio::time::Instant::now();
-    if now >= s.ends_at
-        || s.state.broker.hub().is_shutting_down()
-        || s.waiting.revoked.is_cancelled()
-    {
+    if now >= s.ends_at || s.state.broker.hub().is_shutting_down() || s.waiting.over().is_some() {
         return None;
     }
     s.state.presence.seen(s.user.id).await;
@@ -248,7 +249,8 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
         .wait(&s.postbox, deadline, max, Some(s.cursor.as_deref()));
     let lease = tokio::select! {
         biased;
-        () = s.waiting.revoked.cancelled() => return None,
+        // A revoked or expired token ends the stream (a reconnect then gets 401).
+        _ = s.waiting.ended() => return None,
         r = wait => r,
     };
     match lease {

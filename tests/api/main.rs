@@ -11,6 +11,7 @@ mod conversation;
 mod delivery;
 mod demo;
 mod faults;
+mod hardening;
 mod helpers;
 mod loadtest;
 mod notifications;
