@@ -3,8 +3,8 @@
 # when missing, builds target/debug/postbox, makes sure RabbitMQ runs, starts Postbox with --demo on a
 # free port with a throwaway SQLite database and broker prefix, creates alice and bob (in one college),
 # carol, and a staff user, and runs clients/demo/test/ under node's test runner (alice and bob chat, the
-# staff user notifies them; screenshots in target/browser-artifacts/). The server is stopped however the
-# test ends.
+# staff user notifies them; screenshots in target/browser-artifacts/; a host app's page on another origin
+# uses Postbox through CORS). The server is stopped however the test ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -51,8 +51,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(node -e "const s=require('net').createServer();s.listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})")
+free_port() { node -e "const s=require('net').createServer();s.listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
+port=$(free_port)
+page_port=$(free_port)
 export POSTBOX_BIND="127.0.0.1:$port"
+# cors.test.js serves a host app's page from this other origin (localhost, not 127.0.0.1, another port).
+export POSTBOX_CORS_ORIGINS="http://localhost:$page_port"
 export DATABASE_URL="sqlite://$work/postbox.db?mode=rwc"
 export POSTBOX_BROKER_PREFIX="pbbrowser$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 export POSTBOX_DATA_DIR="$work/data"
@@ -97,7 +101,8 @@ status=0
     STAFF_ID="$staff_id" STAFF_TOKEN="$staff_token" COLLEGE_ID="$college" \
     CHROMIUM="$chromium_bin" \
     ARTIFACTS_DIR="$target_dir/browser-artifacts" \
-    timeout --kill-after=10 150 node --test two-browsers.test.js
+    PAGE_PORT="$page_port" \
+    timeout --kill-after=10 210 node --test --test-concurrency=1 two-browsers.test.js cors.test.js
 ) || status=$?
 if [ $status -ne 0 ]; then
   echo "browser-test: FAILED (exit $status); the server's log:" >&2
