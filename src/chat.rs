@@ -23,6 +23,7 @@ use crate::{
     http::docs::is_blank,
     outbox::Outbox,
     state::AppState,
+    throttle::Offer,
 };
 
 /// The largest history page.
@@ -65,6 +66,7 @@ pub async fn send_message(
         )));
     }
     state.send_limit.check(sender.id, "messages")?;
+    check_undelivered(state, sender.id, receiver_id).await?;
     // While RabbitMQ is known to be down, refuse (503) rather than store a message nobody is told of.
     state.broker.ensure_available().await?;
     let author = sender.clone();
@@ -89,6 +91,34 @@ pub async fn send_message(
         .await?;
     publish_committed(&state.outbox, &pending).await;
     Ok(MessageView::new(&msg, sender))
+}
+
+/// Refuses (429) a message when its sender already has `max_undelivered` messages waiting for this
+/// receiver that none of the receiver's clients was handed yet: they sit in the receiver's postbox,
+/// and more would push out what else it holds (the postbox keeps its newest 100 events). Messages
+/// older than the message TTL have left the postbox and no longer count.
+async fn check_undelivered(
+    state: &AppState,
+    sender_id: i64,
+    receiver_id: i64,
+) -> Result<(), AppError> {
+    let cap = state.config.max_undelivered;
+    let ttl =
+        chrono::Duration::from_std(state.config.message_ttl()).unwrap_or(chrono::Duration::MAX);
+    let since = Utc::now()
+        .checked_sub_signed(ttl)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    if db::chat::undelivered_at_least(&state.db, sender_id, receiver_id, since, u64::from(cap))
+        .await?
+    {
+        return Err(AppError::RateLimited {
+            detail: format!(
+                "user {receiver_id} has not received your last {cap} messages yet; send more once                  they are delivered (POSTBOX_MAX_UNDELIVERED)"
+            ),
+            retry_after_secs: 10,
+        });
+    }
+    Ok(())
 }
 
 /// Stores chat messages with group commit: the messages of every send waiting while one transaction
@@ -446,20 +476,51 @@ pub async fn typing(
             "user {receiver_id} does not exist"
         )));
     }
-    let event = Event::new(
-        kind::TYPING,
-        json!({
-            "sender_id": me.id,
-            "sender_name": me.display_name,
-            "receiver_id": receiver_id,
-            "is_typing": is_typing,
-        }),
-    );
-    state
-        .broker
-        .publish_ephemeral(receiver_id, &event.to_bytes(), state.config.typing_ttl())
-        .await?;
+    // One signal per sender, receiver and throttle period reaches the receiver's postbox: a flood of
+    // them would fill it (RabbitMQ drops an expired event only at the head of a queue). What comes
+    // meanwhile is answered at once and the latest state goes out when the period ends.
+    let key = (me.id, receiver_id);
+    let publish = {
+        let (broker, ttl) = (state.broker.clone(), state.config.typing_ttl());
+        let (sender_id, sender_name) = (me.id, me.display_name.clone());
+        move |is_typing: bool| async move {
+            let event = Event::new(
+                kind::TYPING,
+                json!({
+                    "sender_id": sender_id,
+                    "sender_name": sender_name,
+                    "receiver_id": receiver_id,
+                    "is_typing": is_typing,
+                }),
+            );
+            broker
+                .publish_ephemeral(receiver_id, &event.to_bytes(), ttl)
+                .await
+        }
+    };
+    match state
+        .typing_signals
+        .offer(key, is_typing, tokio::time::Instant::now())
+    {
+        Offer::Now(is_typing) => publish(is_typing).await?,
+        Offer::Schedule(after) => {
+            state
+                .typing_signals
+                .schedule(key, after, move |is_typing| async move {
+                    if let Err(e) = publish(is_typing).await {
+                        tracing::debug!(error = %e, "a held typing signal was not published");
+                    }
+                })
+        }
+        Offer::Held => {}
+    }
     Ok(())
+}
+
+/// How often one sender's typing signals may reach one receiver (see [`typing`]): a third of the
+/// typing TTL, so a receiver of someone typing on gets refreshed twice before the signal expires.
+pub fn typing_period(typing_ttl: std::time::Duration) -> std::time::Duration {
+    typing_ttl / 3
 }
 
 /// Unread counts of the caller.

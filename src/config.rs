@@ -132,6 +132,18 @@ pub struct Config {
     #[arg(long, env = "POSTBOX_TYPING_RATE", default_value_t = 5)]
     pub typing_rate: u32,
 
+    /// Chat messages one sender may have waiting for one receiver, not yet handed to any client of
+    /// the receiver (counted over the message TTL, as long as an event can wait in a postbox); 429
+    /// beyond, until some are delivered. Keeps one sender from pushing everything else out of
+    /// someone's postbox, which keeps `POSTBOX_QUEUE_MAX_LENGTH` events.
+    #[arg(long, env = "POSTBOX_MAX_UNDELIVERED", default_value_t = 50)]
+    pub max_undelivered: u32,
+
+    /// Support messages a member may send in a row with no agent's answer in between (each one
+    /// reaches every agent's postbox); 429 beyond, until an agent answers.
+    #[arg(long, env = "POSTBOX_SUPPORT_MAX_UNANSWERED", default_value_t = 20)]
+    pub support_max_unanswered: u32,
+
     /// Folder for files Postbox keeps on disk (attachments).
     #[arg(long, env = "POSTBOX_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
@@ -267,6 +279,12 @@ impl Config {
         if self.typing_rate == 0 {
             return bad("POSTBOX_TYPING_RATE must be at least 1");
         }
+        if self.max_undelivered == 0 {
+            return bad("POSTBOX_MAX_UNDELIVERED must be at least 1");
+        }
+        if self.support_max_unanswered == 0 {
+            return bad("POSTBOX_SUPPORT_MAX_UNANSWERED must be at least 1");
+        }
         if self.publish_channels == 0 {
             return bad("POSTBOX_PUBLISH_CHANNELS must be at least 1");
         }
@@ -353,9 +371,7 @@ fn origin(text: &str) -> Option<String> {
         && url.path() == "/"
         && url.query().is_none()
         && url.fragment().is_none()
-        && !text
-            .trim_end_matches('/')
-            .ends_with(['?', '#']);
+        && !text.trim_end_matches('/').ends_with(['?', '#']);
     bare.then(|| url.origin().ascii_serialization())
 }
 

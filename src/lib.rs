@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod state;
 pub mod support;
 pub mod telemetry;
+pub mod throttle;
 
 use std::{sync::Arc, time::Duration};
 
@@ -71,6 +72,7 @@ pub async fn connect(
         deliveries: chat::Deliveries::new(db.clone(), broker.clone(), config.message_ttl()),
         clients: clients::Clients::default(),
         typing_limit: ratelimit::RateLimiter::new(config.typing_rate),
+        typing_signals: throttle::Throttle::new(chat::typing_period(config.typing_ttl())),
         send_limit: ratelimit::RateLimiter::new(config.send_rate),
         waiting: control::Waiting::default(),
         tokens: auth::TokenCache::new(config.auth_cache()),
@@ -128,9 +130,7 @@ pub async fn run(
         state.broker.clone(),
         shutdown.clone(),
     ));
-    let sweeper = tokio::spawn(Presence::run_sweeper(
-        state.db.clone(),
-        state.broker.clone(),
+    let sweeper = tokio::spawn(state.presence.clone().run_sweeper(
         shutdown.clone(),
         (state.config.online_window() / 10).clamp(Duration::from_secs(1), Duration::from_secs(30)),
     ));

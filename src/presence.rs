@@ -22,6 +22,7 @@ use crate::{
     broker::Broker,
     db::{self, DbError, batch::Batcher},
     events::{Event, kind, rfc3339},
+    throttle::Throttle,
 };
 
 /// How long refreshes of `online_until` wait to be written together (10 000 users polling write about
@@ -31,6 +32,11 @@ const REFRESH_GATHER: Duration = Duration::from_millis(100);
 /// How long a presence notice stays deliverable.
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
+/// At most one presence notice per user and this period reaches their contacts; a change meanwhile is
+/// announced when it ends (a user flapping online and offline, with polls and disconnects in a loop,
+/// would otherwise fill every contact's postbox).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
 /// Who is online: throttled, grouped writes of the users who poll, and announcements of transitions.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -39,18 +45,21 @@ pub struct Presence {
     last_write: Arc<Mutex<HashMap<i64, Instant>>>,
     /// Refreshes of many polls written together (see [`crate::db::batch`]).
     writes: Batcher<i64>,
+    announcements: Announcements,
     db: DatabaseConnection,
-    broker: Broker,
 }
 
 impl Presence {
     /// Starts the presence writer; needs a Tokio runtime.
     pub fn new(window: Duration, db: DatabaseConnection, broker: Broker) -> Self {
         let last_write: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+        let announcements = Announcements::new(db.clone(), broker);
         let writes = Batcher::spawn(REFRESH_GATHER, {
-            let (db, broker, last_write) = (db.clone(), broker.clone(), last_write.clone());
+            let (announcements, last_write) = (announcements.clone(), last_write.clone());
+            let db = db.clone();
             move |mut ids: Vec<i64>| {
-                let (db, broker, last_write) = (db.clone(), broker.clone(), last_write.clone());
+                let (db, announcements, last_write) =
+                    (db.clone(), announcements.clone(), last_write.clone());
                 async move {
                     ids.sort_unstable();
                     ids.dedup();
@@ -60,7 +69,7 @@ impl Presence {
                     match db::users::mark_online(&db, &ids, now, until).await {
                         Ok(flipped) => {
                             for id in flipped {
-                                announce(db.clone(), broker.clone(), id, true);
+                                announcements.announce(id, true);
                             }
                         }
                         Err(e) => {
@@ -78,8 +87,8 @@ impl Presence {
             window,
             last_write,
             writes,
+            announcements,
             db,
-            broker,
         }
     }
 
@@ -126,26 +135,21 @@ impl Presence {
             .expect("presence lock")
             .remove(&user_id);
         if db::users::mark_offline_flip(&self.db, user_id).await? {
-            announce(self.db.clone(), self.broker.clone(), user_id, false);
+            self.announcements.announce(user_id, false);
         }
         Ok(())
     }
 
     /// Flips users whose window lapsed to offline and announces them, every `period`, until `shutdown`.
-    pub async fn run_sweeper(
-        db: DatabaseConnection,
-        broker: Broker,
-        shutdown: CancellationToken,
-        period: Duration,
-    ) {
+    pub async fn run_sweeper(self, shutdown: CancellationToken, period: Duration) {
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => match db::users::expire_online(&db, Utc::now()).await {
+                _ = tick.tick() => match db::users::expire_online(&self.db, Utc::now()).await {
                     Ok(ids) => {
                         for id in ids {
-                            announce(db.clone(), broker.clone(), id, false);
+                            self.announcements.announce(id, false);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "presence sweeper cannot read users"),
@@ -160,15 +164,40 @@ impl Presence {
 /// online after a restart must not become thousands of concurrent queries).
 static ANNOUNCERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
-/// Sends a `presence` event about `user_id` to each of their contacts, in the background, best effort.
-fn announce(db: DatabaseConnection, broker: Broker, user_id: i64, online: bool) {
-    tokio::spawn(async move {
-        let Ok(_turn) = ANNOUNCERS.acquire().await else {
-            return;
-        };
-        // Boxed: the waiting task stays small; the large database future exists only while it runs.
-        Box::pin(announce_now(db, broker, user_id, online)).await;
-    });
+/// Presence notices to contacts, throttled per user ([`ANNOUNCE_EVERY`]). Cheap to clone.
+#[derive(Clone)]
+struct Announcements {
+    throttle: Throttle<i64, bool>,
+    db: DatabaseConnection,
+    broker: Broker,
+}
+
+impl Announcements {
+    fn new(db: DatabaseConnection, broker: Broker) -> Self {
+        Announcements {
+            throttle: Throttle::new(ANNOUNCE_EVERY),
+            db,
+            broker,
+        }
+    }
+
+    /// Sends a `presence` event about `user_id` to each of their contacts, in the background, best
+    /// effort: now, or when the user's throttle period ends (with the latest state by then).
+    fn announce(&self, user_id: i64, online: bool) {
+        let (throttle, db, broker) = (self.throttle.clone(), self.db.clone(), self.broker.clone());
+        tokio::spawn(async move {
+            throttle
+                .send(user_id, online, move |online| async move {
+                    let Ok(_turn) = ANNOUNCERS.acquire().await else {
+                        return;
+                    };
+                    // Boxed: the waiting task stays small; the large database future exists only
+                    // while it runs.
+                    Box::pin(announce_now(db, broker, user_id, online)).await;
+                })
+                .await;
+        });
+    }
 }
 
 async fn announce_now(db: DatabaseConnection, broker: Broker, user_id: i64, online: bool) {

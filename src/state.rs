@@ -22,6 +22,8 @@ pub struct AppState {
     pub clients: Clients,
     /// Typing events per sender.
     pub typing_limit: RateLimiter,
+    /// Typing signals per sender and receiver that reach the receiver's postbox.
+    pub typing_signals: crate::throttle::Throttle<(i64, i64), bool>,
     /// Messages per sender.
     pub send_limit: RateLimiter,
     /// Polls waiting now, by token digest, so a revoked token ends them at once.

@@ -190,6 +190,16 @@ pub async fn send_as_user(
     state.send_limit.check(caller.0.id, "messages")?;
     state.broker.ensure_available().await?;
     let chat = db::support::chat_of_user(&state.db, caller.0.id).await?;
+    // Every message reaches every agent's postbox: one member may not fill them all.
+    let cap = state.config.support_max_unanswered;
+    if db::support::unanswered_at_least(&state.db, chat.id, u64::from(cap)).await? {
+        return Err(AppError::RateLimited {
+            detail: format!(
+                "you sent {cap} support messages without an answer; an agent will reply soon                  (POSTBOX_SUPPORT_MAX_UNANSWERED)"
+            ),
+            retry_after_secs: 30,
+        });
+    }
     store(state, chat.id, &caller.0, false, text).await
 }
 

@@ -532,6 +532,32 @@ pub async fn mark_delivered(
     Ok(changed)
 }
 
+/// Whether `sender_id` has at least `count` messages to `receiver_id`, created after `since`, that no
+/// client of the receiver was handed yet. Reads at most `count` entries of the partial index
+/// `idx_chat_messages_undelivered`.
+pub async fn undelivered_at_least(
+    db: &DatabaseConnection,
+    sender_id: i64,
+    receiver_id: i64,
+    since: chrono::DateTime<Utc>,
+    count: u64,
+) -> Result<bool, DbError> {
+    use sea_orm::QuerySelect;
+    let nth: Option<i64> = chat_message::Entity::find()
+        .select_only()
+        .column(chat_message::Column::Id)
+        .filter(chat_message::Column::ReceiverId.eq(receiver_id))
+        .filter(chat_message::Column::SenderId.eq(sender_id))
+        .filter(chat_message::Column::DeliveredAt.is_null())
+        .filter(chat_message::Column::CreatedAt.gt(since))
+        .offset(count.saturating_sub(1))
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(nth.is_some())
+}
+
 pub async fn find_message(
     db: &DatabaseConnection,
     id: i64,

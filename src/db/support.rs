@@ -173,6 +173,25 @@ pub async fn store_message(
     }))
 }
 
+/// Whether the last `count` messages of chat `chat_id` all come from its user, none from an agent
+/// (the user wrote that many in a row without an answer).
+pub async fn unanswered_at_least(
+    db: &DatabaseConnection,
+    chat_id: i64,
+    count: u64,
+) -> Result<bool, DbError> {
+    let latest: Vec<bool> = support_message::Entity::find()
+        .select_only()
+        .column(support_message::Column::IsFromAdmin)
+        .filter(support_message::Column::ChatId.eq(chat_id))
+        .order_by_desc(support_message::Column::CreatedAt)
+        .limit(count)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(latest.len() as u64 >= count && !latest.contains(&true))
+}
+
 /// Closes chat `chat_id` (by agent `by`) and stores the events `events_for` builds. Closing a closed chat
 /// changes nothing and stores no event. `None` when the chat does not exist; else the chat and the
 /// events to publish.

@@ -351,3 +351,174 @@ async fn without_configured_origins_no_cors_headers_are_sent() {
         resp.headers()
     );
 }
+
+#[tokio::test]
+async fn one_sender_cannot_fill_a_receivers_postbox() {
+    let app = spawn_app_with(|c| c.max_undelivered = 5).await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let carol = app.member("carol").await;
+    for n in 0..5 {
+        app.send_ok(&alice, bob.id, &format!("m{n}")).await;
+    }
+    // Bob has not polled: five of Alice's messages wait in his postbox; a sixth is refused.
+    let refused = app.send(&alice, bob.id, "one too many").await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = assert_error(refused, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("not received"),
+        "{body}"
+    );
+    // Others still reach him, and Alice still reaches others.
+    app.send_ok(&carol, bob.id, "from carol").await;
+    app.send_ok(&alice, carol.id, "to carol").await;
+    // Once Bob's client got them (delivery marks are written just after the poll), Alice may go on.
+    let events = app.collect_events(&bob, 6, 5).await;
+    assert_eq!(events.len(), 6, "{events:?}");
+    let mut sent = false;
+    for _ in 0..50 {
+        let r = app.send(&alice, bob.id, "after delivery").await;
+        if r.status() == StatusCode::CREATED {
+            sent = true;
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent, "the delivered messages still counted against Alice");
+    // The refused message was not stored.
+    let history = app.history(&bob, alice.id).await;
+    let texts: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert!(!texts.contains(&"one too many"), "{texts:?}");
+}
+
+#[tokio::test]
+async fn one_member_cannot_fill_the_agents_postboxes() {
+    let app = spawn_app_with(|c| c.support_max_unanswered = 3).await;
+    let member = app.member("member").await;
+    let agent = app.create_user("agent", "staff").await;
+    let path = "/api/support/chats/my-chat/messages/";
+    for n in 0..3 {
+        let r = app
+            .post_json(&member, path, json!({"message": format!("help {n}")}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let refused = app
+        .post_json(&member, path, json!({"message": "help again"}))
+        .await;
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, StatusCode::TOO_MANY_REQUESTS).await;
+    // An agent answers: the member may write again.
+    let (_, chat) = app.get_json(&member, "/api/support/chats/my-chat/").await;
+    let answer = app
+        .post_json(
+            &agent,
+            &format!("/api/support/chats/{}/messages/", chat["id"]),
+            json!({"message": "how can I help?"}),
+        )
+        .await;
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let again = app
+        .post_json(&member, path, json!({"message": "thanks"}))
+        .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_flood_of_typing_signals_reaches_the_receiver_as_a_few_with_the_last_state() {
+    // Typing signals live 3 s: one per second of a sender reaches a receiver.
+    let app = spawn_app_with(|c| {
+        c.typing_ttl_secs = 3.0;
+        c.typing_rate = 1_000;
+    })
+    .await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let started = std::time::Instant::now();
+    for n in 0..40 {
+        let r = app
+            .post_json(
+                &alice,
+                "/api/v1/communication/chats/typing/",
+                json!({"receiver": bob.id, "is_typing": n % 2 == 0 || n == 38}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // The last signal said "stopped" (n = 39); it arrives once its period ends.
+    let mut typing = Vec::new();
+    for _ in 0..6 {
+        for e in app.poll_events(&bob).await {
+            if e["event"] == "typing" {
+                typing.push(e["data"]["is_typing"].clone());
+            }
+        }
+        if typing.last() == Some(&json!(false)) {
+            break;
+        }
+    }
+    let periods = started.elapsed().as_secs() + 2;
+    assert!(
+        !typing.is_empty() && typing.len() as u64 <= periods,
+        "{} typing events in about {periods} periods: {typing:?}",
+        typing.len()
+    );
+    assert_eq!(typing.last(), Some(&json!(false)), "{typing:?}");
+}
+
+#[tokio::test]
+async fn a_user_flapping_online_and_offline_costs_each_contact_a_few_notices() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    app.send_ok(&alice, bob.id, "we are contacts").await;
+    app.poll_events(&alice).await;
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let r = app
+            .client
+            .get(app.url(&format!(
+                "/api/v1/communication/poll/events/?timeout=0&token={}",
+                bob.token
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = app
+            .client
+            .post(app.url(&format!(
+                "/api/v1/communication/poll/disconnect/?token={}",
+                bob.token
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // Bob ended offline: Alice's last notice says so, after at most one notice per 2 s period.
+    let mut notices = Vec::new();
+    for _ in 0..8 {
+        for e in app.poll_events(&alice).await {
+            if e["event"] == "presence" {
+                notices.push(e["data"]["online"].clone());
+            }
+        }
+        if notices.last() == Some(&json!(false)) && started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let periods = started.elapsed().as_secs() / 2 + 2;
+    assert!(
+        notices.len() as u64 <= periods,
+        "{} presence notices in about {periods} periods: {notices:?}",
+        notices.len()
+    );
+    assert_eq!(notices.last(), Some(&json!(false)), "{notices:?}");
+}

@@ -66,8 +66,10 @@ pub fn test_config() -> Config {
     config.queue_expires_secs = 120;
     config.consumer_linger_secs = 2;
     config.backend_timeout_secs = 5;
-    // Tests send bursts on purpose; the limit itself has its own test.
+    // Tests send bursts on purpose (and overflow postboxes); the limits have their own tests.
     config.send_rate = 100_000;
+    config.max_undelivered = 100_000;
+    config.support_max_unanswered = 100_000;
     config
 }
 
