@@ -20,9 +20,9 @@ use crate::{
     },
     error::AppError,
     events::{Event, MessageView, kind, rfc3339},
-    http::docs::is_blank,
     outbox::Outbox,
     state::AppState,
+    text,
 };
 
 /// The largest history page.
@@ -163,8 +163,9 @@ impl Messages {
 }
 
 /// A message text as stored: trimmed. The length counts what the client sent (400 beyond the configured
-/// limit); blank means whitespace only, as the API document's `\S` pattern sees it, and is refused unless
-/// the message carries an attachment (`Some(true)`); `None` where attachments are not offered.
+/// limit); control characters are refused ([`text::check`]); blank means whitespace only, as the API
+/// document's `\S` pattern sees it, and is refused unless the message carries an attachment
+/// (`Some(true)`); `None` where attachments are not offered.
 pub(crate) fn checked_text(
     state: &AppState,
     text: &str,
@@ -177,7 +178,8 @@ pub(crate) fn checked_text(
             format!("is longer than {max} characters"),
         ));
     }
-    if is_blank(text) && attachment != Some(true) {
+    text::check("message", text)?;
+    if text::is_blank(text) && attachment != Some(true) {
         return Err(AppError::field(
             "message",
             match attachment {

@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod state;
 pub mod support;
 pub mod telemetry;
+pub mod text;
 
 use std::{sync::Arc, time::Duration};
 

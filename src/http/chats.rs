@@ -24,6 +24,7 @@ use crate::{
         extract::{Json, Query, parse_json, query_time},
     },
     state::AppState,
+    text,
 };
 
 pub fn router(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
@@ -112,8 +113,8 @@ literal_schema!(
         "required": ["receiver", "message"],
         "properties": {
             "receiver": id_schema(),
-            "message": {"type": "string", "maxLength": 10000, "pattern": "\\S",
-                        "description": "The text; not blank, at most 10 000 characters"}
+            "message": {"type": "string", "maxLength": 10000, "pattern": text::NOT_BLANK_PATTERN,
+                        "description": "The text; not blank, at most 10 000 characters, no control characters but tab, line feed and carriage return"}
         }
     })
 );
@@ -131,7 +132,8 @@ literal_schema!(
             "required": ["receiver"],
             "properties": {
                 "receiver": {"type": "string", "pattern": "^[1-9][0-9]{0,14}$", "description": "The receiver's user id"},
-                "message": {"type": "string", "maxLength": 10000, "description": "The text; may be blank when there is an attachment"},
+                "message": {"type": "string", "maxLength": 10000, "pattern": text::PATTERN,
+                            "description": "The text; may be blank when there is an attachment; no control characters but tab, line feed and carriage return"},
                 "attachment": {"type": "string", "format": "binary",
                                "description": "An image, video or document (type detected from the content; others are refused with 415)"}
             }
