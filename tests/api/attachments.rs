@@ -206,3 +206,43 @@ async fn refused_types_and_oversized_files_store_nothing() {
         .unwrap_or(0);
     assert_eq!(stored, 0);
 }
+
+#[tokio::test]
+async fn an_oversized_json_send_is_refused_without_reading_it_whole() {
+    use futures_util::StreamExt;
+    let app = spawn_app_with(|_| {}).await;
+    let alice = app.member("alice").await;
+    // More than the JSON limit, and a body that never ends: only a server that stops reading at the
+    // limit can answer.
+    let head = format!(
+        "{{\"receiver\": 2, \"message\": \"{}",
+        "x".repeat(app.config.max_body_bytes + 1024)
+    );
+    let endless = futures_util::stream::iter([Ok::<_, std::io::Error>(head.into_bytes())])
+        .chain(futures_util::stream::pending());
+    let send = app
+        .client
+        .post(app.url("/api/v1/communication/chats/"))
+        .header("Authorization", format!("Token {}", alice.token))
+        .header("Content-Type", "application/json")
+        .body(reqwest::Body::wrap_stream(endless))
+        .send();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), send)
+        .await
+        .expect("the server answered before the body ended")
+        .unwrap();
+    let body = assert_error(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
+    assert_eq!(body["error"], "payload_too_large");
+
+    // Announced too large: refused from the header alone.
+    let declared = app
+        .client
+        .post(app.url("/api/v1/communication/chats/"))
+        .header("Authorization", format!("Token {}", alice.token))
+        .header("Content-Type", "application/json")
+        .body(vec![b' '; app.config.max_body_bytes + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_error(declared, StatusCode::PAYLOAD_TOO_LARGE).await;
+}
