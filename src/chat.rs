@@ -10,51 +10,50 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
+    attachments::{self, Download, FileType, Upload},
     auth::AuthUser,
     broker::{Broker, user_routing_key},
     db::{
         self, DbError,
         batch::Batcher,
-        chat::{ConversationIds, Cursor, NewMessage, PendingEvent, ReadSelection, StoredMessage},
+        chat::{
+            ConversationIds, Cursor, NewAttachment, NewMessage, PendingEvent, ReadSelection,
+            StoredMessage,
+        },
         entities::{chat_message, conversation, user},
     },
     error::AppError,
     events::{Event, MessageView, kind, rfc3339},
-    http::docs::is_blank,
     outbox::Outbox,
     state::AppState,
+    text,
     throttle::Offer,
 };
 
 /// The largest history page.
 pub const MAX_PAGE: u64 = 200;
 
-/// An attachment already stored, to link to a new message.
-#[derive(Debug, Clone)]
-pub struct StoredAttachment {
-    /// Storage key, returned by the attachment store.
-    pub key: String,
-    /// `image`, `video` or `document`.
-    pub kind: String,
-}
-
-/// Sends a message from the caller to `receiver_id`: validates, stores the message and its events in one
-/// transaction, then publishes the events to the receiver's postbox and to the sender's own (so the
-/// sender's other devices see it too).
+/// Sends a message from the caller to `receiver_id`, with an optional attachment still in memory:
+/// validates everything (text, attachment size and type, receiver, rate, quota, broker), then stores
+/// the attachment's file, then the message and its events in one transaction, then publishes the
+/// events to the receiver's postbox and to the sender's own (so the sender's other devices see it too).
 ///
-/// The answer is the stored message. While RabbitMQ is known to be unreachable the send is refused with
-/// 503 before anything is stored. If the publish fails after the commit (the broker died in between),
-/// the events stay in the outbox and the relay delivers them: the message is never lost and never
-/// announced without being stored.
+/// The answer is the stored message. A refused send writes nothing, and a send whose message cannot
+/// be stored removes its file again. (A file can still outlive its send when the request goes away
+/// between the two writes, or the process dies: the sweep, [`attachments::sweep`], removes it.) While
+/// RabbitMQ is known to be unreachable the send is refused with 503 before anything is stored. If the
+/// publish fails after the commit (the broker died in between), the events stay in the outbox and the
+/// relay delivers them: the message is never lost and never announced without being stored.
 pub async fn send_message(
     state: &AppState,
     sender: &AuthUser,
     receiver_id: i64,
     text: String,
-    attachment: Option<StoredAttachment>,
+    upload: Option<Upload>,
 ) -> Result<MessageView, AppError> {
     let sender = &sender.0;
-    let text = checked_text(state, &text, Some(attachment.is_some()))?;
+    let text = checked_text(state, &text, Some(upload.is_some()))?;
+    let upload = upload.map(|u| checked_upload(state, u)).transpose()?;
     if receiver_id == sender.id {
         return Err(AppError::Forbidden(
             "you cannot send a message to yourself".into(),
@@ -67,16 +66,36 @@ pub async fn send_message(
     }
     state.send_limit.check(sender.id, "messages")?;
     check_undelivered(state, sender.id, receiver_id).await?;
+    if let Some((upload, _)) = &upload {
+        check_quota(state, sender.id, upload.bytes.len()).await?;
+    }
     // While RabbitMQ is known to be down, refuse (503) rather than store a message nobody is told of.
     state.broker.ensure_available().await?;
+    let attachment = match upload {
+        Some((upload, file_type)) => {
+            let size = upload.bytes.len() as i64;
+            let key = state
+                .attachments
+                .put(upload.bytes, file_type)
+                .await
+                .map_err(|e| AppError::Internal(format!("cannot store an attachment: {e}")))?;
+            Some(NewAttachment {
+                key,
+                kind: file_type.kind.to_owned(),
+                size,
+            })
+        }
+        None => None,
+    };
+    let key = attachment.as_ref().map(|a| a.key.clone());
     let author = sender.clone();
-    let (msg, pending) = state
+    let stored = state
         .messages
         .store(NewMessage {
             sender_id: sender.id,
             receiver_id,
             text,
-            attachment: attachment.map(|a| (a.key, a.kind)),
+            attachment,
             event_for: Box::new(move |msg| {
                 let event = Event::new(kind::MESSAGE, to_value(&MessageView::new(msg, &author)));
                 (
@@ -88,7 +107,18 @@ pub async fn send_message(
                 )
             }),
         })
-        .await?;
+        .await;
+    let (msg, pending) = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            if let Some(key) = key
+                && let Err(remove) = state.attachments.remove(&key).await
+            {
+                tracing::warn!(error = %remove, "cannot remove the attachment of a send that failed; the sweep will");
+            }
+            return Err(e.into());
+        }
+    };
     publish_committed(&state.outbox, &pending).await;
     Ok(MessageView::new(&msg, sender))
 }
@@ -113,12 +143,71 @@ async fn check_undelivered(
     {
         return Err(AppError::RateLimited {
             detail: format!(
-                "user {receiver_id} has not received your last {cap} messages yet; send more once                  they are delivered (POSTBOX_MAX_UNDELIVERED)"
+                "user {receiver_id} has not received your last {cap} messages yet; send more once they are delivered (POSTBOX_MAX_UNDELIVERED)"
             ),
             retry_after_secs: 10,
         });
     }
     Ok(())
+}
+
+/// An upload's type, judged by its content (415 for types not accepted), after its size (413).
+fn checked_upload(state: &AppState, upload: Upload) -> Result<(Upload, FileType), AppError> {
+    let max = state.config.max_attachment_bytes;
+    if upload.bytes.len() > max {
+        return Err(AppError::PayloadTooLarge(format!(
+            "the attachment is larger than {max} bytes"
+        )));
+    }
+    let file_type = attachments::detect(&upload.bytes).ok_or_else(|| {
+        AppError::UnsupportedMediaType(
+            "attachments must be images (JPEG, PNG, GIF, WebP, BMP), videos (MP4, WebM, MOV, MKV, AVI) \
+             or documents (PDF, Office, OpenDocument, RTF, plain text)"
+                .into(),
+        )
+    })?;
+    Ok((upload, file_type))
+}
+
+/// Refuses (413) an attachment of `size` bytes that would take the sender beyond their attachment
+/// quota. Two sends of one user racing past the check may both be stored: the quota can be overrun by
+/// the uploads in flight at that moment (at most `POSTBOX_MAX_UPLOADS` per instance).
+async fn check_quota(state: &AppState, sender_id: i64, size: usize) -> Result<(), AppError> {
+    let quota = state.config.attachment_quota_bytes;
+    if quota == 0 {
+        return Ok(());
+    }
+    let used = db::chat::attachment_bytes(&state.db, sender_id).await?;
+    let used = u64::try_from(used).unwrap_or(0);
+    if used.saturating_add(size as u64) > quota {
+        return Err(AppError::PayloadTooLarge(format!(
+            "attachment quota of {quota} bytes exceeded: you have stored {used} bytes of attachments, and this one has {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// An attachment the caller may read (they sent or received its message): its type and its bytes.
+/// Anyone else's, or a message without one, is not found (its existence is not confirmed either).
+pub async fn open_attachment(
+    state: &AppState,
+    caller: &AuthUser,
+    message_id: i64,
+) -> Result<(FileType, Download), AppError> {
+    let not_found = || AppError::NotFound("no such attachment".into());
+    let msg = db::chat::find_message(&state.db, message_id)
+        .await?
+        .filter(|m| m.sender_id == caller.0.id || m.receiver_id == caller.0.id)
+        .ok_or_else(not_found)?;
+    let key = msg.attachment.ok_or_else(not_found)?;
+    let file_type = attachments::type_of_key(&key).ok_or_else(not_found)?;
+    let download = state
+        .attachments
+        .open(&key)
+        .await
+        .map_err(|e| AppError::Internal(format!("cannot read an attachment: {e}")))?
+        .ok_or_else(not_found)?;
+    Ok((file_type, download))
 }
 
 /// Stores chat messages with group commit: the messages of every send waiting while one transaction
@@ -193,8 +282,9 @@ impl Messages {
 }
 
 /// A message text as stored: trimmed. The length counts what the client sent (400 beyond the configured
-/// limit); blank means whitespace only, as the API document's `\S` pattern sees it, and is refused unless
-/// the message carries an attachment (`Some(true)`); `None` where attachments are not offered.
+/// limit); control characters are refused ([`text::check`]); blank means whitespace only, as the API
+/// document's `\S` pattern sees it, and is refused unless the message carries an attachment
+/// (`Some(true)`); `None` where attachments are not offered.
 pub(crate) fn checked_text(
     state: &AppState,
     text: &str,
@@ -207,7 +297,8 @@ pub(crate) fn checked_text(
             format!("is longer than {max} characters"),
         ));
     }
-    if is_blank(text) && attachment != Some(true) {
+    text::check("message", text)?;
+    if text::is_blank(text) && attachment != Some(true) {
         return Err(AppError::field(
             "message",
             match attachment {

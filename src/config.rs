@@ -152,6 +152,34 @@ pub struct Config {
     #[arg(long, env = "POSTBOX_MAX_ATTACHMENT_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_attachment_bytes: usize,
 
+    /// Bytes of attachments one user may have stored: the sizes of every attachment they sent, added
+    /// up (413 beyond). Attachments stored before sizes were recorded count 0. 0: no quota.
+    #[arg(long, env = "POSTBOX_ATTACHMENT_QUOTA_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub attachment_quota_bytes: u64,
+
+    /// Sends with an attachment held in memory at once (each up to the attachment limit), so uploads
+    /// cannot exhaust memory; one more waits up to the backend timeout for a turn, then is answered 503.
+    #[arg(long, env = "POSTBOX_MAX_UPLOADS", default_value_t = 16)]
+    pub max_uploads: usize,
+
+    /// Seconds between sweeps of the attachments folder, which remove the files no message refers to
+    /// (uploads whose message was never stored, `.part` files left by a crash). 0: no sweep.
+    #[arg(
+        long = "attachment-sweep",
+        env = "POSTBOX_ATTACHMENT_SWEEP",
+        default_value_t = 3600.0
+    )]
+    pub attachment_sweep_secs: f64,
+
+    /// Seconds a file stays in the attachments folder before a sweep may remove it, so an upload whose
+    /// message is being stored right now is never taken for a leftover (at least 60).
+    #[arg(
+        long = "attachment-grace",
+        env = "POSTBOX_ATTACHMENT_GRACE",
+        default_value_t = 3600
+    )]
+    pub attachment_grace_secs: u64,
+
     /// Largest accepted request body in bytes (413 beyond).
     #[arg(long, env = "POSTBOX_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -288,6 +316,15 @@ impl Config {
         if self.publish_channels == 0 {
             return bad("POSTBOX_PUBLISH_CHANNELS must be at least 1");
         }
+        if self.max_uploads == 0 || self.max_uploads > 10_000 {
+            return bad("POSTBOX_MAX_UPLOADS must be between 1 and 10000");
+        }
+        if !(self.attachment_sweep_secs >= 0.0 && self.attachment_sweep_secs <= 604_800.0) {
+            return bad("POSTBOX_ATTACHMENT_SWEEP must be between 0 (off) and 604800 seconds");
+        }
+        if self.attachment_grace_secs < 60 || self.attachment_grace_secs > 30 * 86_400 {
+            return bad("POSTBOX_ATTACHMENT_GRACE must be between 60 and 2592000 seconds");
+        }
         if self.max_body_bytes < 1024 {
             return bad("POSTBOX_MAX_BODY_BYTES must be at least 1024");
         }
@@ -353,6 +390,14 @@ impl Config {
 
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_secs(self.backend_timeout_secs)
+    }
+
+    pub fn attachment_sweep(&self) -> Duration {
+        Duration::from_secs_f64(self.attachment_sweep_secs)
+    }
+
+    pub fn attachment_grace(&self) -> Duration {
+        Duration::from_secs(self.attachment_grace_secs)
     }
 
     pub fn memory_trim(&self) -> Duration {

@@ -41,6 +41,9 @@ pub enum AppError {
         detail: String,
         retry_after_secs: u64,
     },
+    /// This instance has no room for the request now (503 with Retry-After); another may.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -55,7 +58,7 @@ pub enum AppError {
 pub struct ErrorBody {
     /// Stable machine-readable code: `bad_request`, `validation_error`, `unauthorized`, `forbidden`,
     /// `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
-    /// `rate_limited`, `database_unavailable`, `broker_unavailable`, `broker_misconfigured`, `internal_error`.
+    /// `rate_limited`, `server_busy`, `database_unavailable`, `broker_unavailable`, `broker_misconfigured`, `internal_error`.
     #[schema(value_type = String)]
     pub error: &'static str,
     /// What happened and what to do, for humans.
@@ -100,6 +103,7 @@ impl AppError {
             E::RateLimited { detail, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail.clone())
             }
+            E::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, "server_busy", m.clone()),
             E::Db(DbError::Conflict(_)) => (
                 StatusCode::CONFLICT,
                 "conflict",

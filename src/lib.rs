@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod state;
 pub mod support;
 pub mod telemetry;
+pub mod text;
 pub mod throttle;
 
 use std::{sync::Arc, time::Duration};
@@ -81,6 +82,7 @@ pub async fn connect(
         users: accounts::KnownUsers::default(),
         messages: chat::Messages::new(db.clone(), outbox.clone()),
         attachments: Arc::new(attachments::DiskStore::new(&config.data_dir)),
+        uploads: Arc::new(tokio::sync::Semaphore::new(config.max_uploads)),
         config: Arc::new(config),
         db,
         broker,
@@ -138,6 +140,13 @@ pub async fn run(
         state.config.memory_trim(),
         shutdown.clone(),
     ));
+    let attachment_sweep = tokio::spawn(attachments::run_sweeper(
+        state.db.clone(),
+        state.attachments.clone(),
+        state.config.attachment_sweep(),
+        state.config.attachment_grace(),
+        shutdown.clone(),
+    ));
     tracing::info!(addr = %listener.local_addr()?, "postbox listening");
     let app = http::router(state.clone());
     // TCP_NODELAY: a poll answer with events is written as two chunks (the events, then the end of the
@@ -173,6 +182,9 @@ pub async fn run(
     }
     if let Err(e) = trimmer.await {
         tracing::warn!(error = %e, "heap trimmer ended abnormally");
+    }
+    if let Err(e) = attachment_sweep.await {
+        tracing::warn!(error = %e, "attachment sweep ended abnormally");
     }
     state.broker.close().await;
     state.db.clone().close().await.ok();

@@ -21,8 +21,9 @@ use crate::{
     },
     error::AppError,
     events::{Event, kind, rfc3339},
-    http::docs::{MAX_ID, is_blank},
+    http::docs::MAX_ID,
     state::AppState,
+    text,
 };
 
 /// The longest title.
@@ -115,13 +116,15 @@ pub async fn create(
     draft: Draft,
     created_by: Option<i64>,
 ) -> Result<Created, AppError> {
+    text::check("title", &draft.title)?;
     let title = draft.title.trim().to_owned();
-    if is_blank(&title) || title.chars().count() > MAX_TITLE_CHARS {
+    if text::is_blank(&title) || title.chars().count() > MAX_TITLE_CHARS {
         return Err(AppError::field(
             "title",
             format!("must be 1 to {MAX_TITLE_CHARS} characters, not blank"),
         ));
     }
+    text::check("message", &draft.message)?;
     if draft.message.chars().count() > state.config.max_message_chars {
         return Err(AppError::field(
             "message",

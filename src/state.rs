@@ -39,4 +39,6 @@ pub struct AppState {
     /// User ids known to exist (users are never deleted).
     pub users: crate::accounts::KnownUsers,
     pub attachments: Arc<dyn AttachmentStore>,
+    /// Turns to hold an upload in memory (`POSTBOX_MAX_UPLOADS`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }

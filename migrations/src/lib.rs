@@ -12,6 +12,7 @@ mod m20261124_000004_gaps;
 mod m20261124_000005_notifications_and_services;
 mod m20261124_000006_support;
 mod m20261124_000007_token_revocations;
+mod m20261124_000008_attachment_sizes;
 mod m20261202_000001_undelivered_index;
 
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_notifications_and_services::Migration),
             Box::new(m20261124_000006_support::Migration),
             Box::new(m20261124_000007_token_revocations::Migration),
+            Box::new(m20261124_000008_attachment_sizes::Migration),
             Box::new(m20261202_000001_undelivered_index::Migration),
         ]
     }

@@ -60,9 +60,20 @@ pub struct NewMessage {
     pub sender_id: i64,
     pub receiver_id: i64,
     pub text: String,
-    /// Storage key and kind of an attachment already stored.
-    pub attachment: Option<(String, String)>,
+    /// An attachment already stored.
+    pub attachment: Option<NewAttachment>,
     pub event_for: EventFor,
+}
+
+/// A stored attachment to link to a new message.
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    /// Storage key, returned by the attachment store.
+    pub key: String,
+    /// `image`, `video` or `document`.
+    pub kind: String,
+    /// Bytes (counted by the sender's quota).
+    pub size: i64,
 }
 
 /// A stored message and its events, to publish after the commit.
@@ -114,8 +125,9 @@ async fn store_one<C: ConnectionTrait>(
         sender_id: Set(sender_id),
         receiver_id: Set(receiver_id),
         message: Set(m.text.clone()),
-        attachment: Set(m.attachment.as_ref().map(|(key, _)| key.clone())),
-        attachment_type: Set(m.attachment.as_ref().map(|(_, kind)| kind.clone())),
+        attachment: Set(m.attachment.as_ref().map(|a| a.key.clone())),
+        attachment_type: Set(m.attachment.as_ref().map(|a| a.kind.clone())),
+        attachment_size: Set(m.attachment.as_ref().map(|a| a.size)),
         created_at: Set(now),
         delivered_at: Set(None),
         read_at: Set(None),
@@ -556,6 +568,44 @@ pub async fn undelivered_at_least(
         .one(db)
         .await?;
     Ok(nth.is_some())
+}
+
+/// Bytes of attachments `sender_id` has sent, in all (those stored without a size count 0).
+pub async fn attachment_bytes(db: &DatabaseConnection, sender_id: i64) -> Result<i64, DbError> {
+    use sea_orm::{QuerySelect, sea_query::Func};
+    // SUM of a bigint is a numeric on PostgreSQL: cast back, to read it as an integer on both.
+    let total: Option<Option<i64>> = chat_message::Entity::find()
+        .select_only()
+        .expr(Func::cast_as(
+            Func::sum(Expr::col(chat_message::Column::AttachmentSize)),
+            "BIGINT",
+        ))
+        .filter(chat_message::Column::SenderId.eq(sender_id))
+        .filter(chat_message::Column::AttachmentSize.is_not_null())
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(total.flatten().unwrap_or(0))
+}
+
+/// Which of these attachment keys messages refer to.
+pub async fn referenced_attachments(
+    db: &DatabaseConnection,
+    keys: &[String],
+) -> Result<std::collections::HashSet<String>, DbError> {
+    use sea_orm::QuerySelect;
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let found: Vec<String> = chat_message::Entity::find()
+        .select_only()
+        .column(chat_message::Column::Attachment)
+        .filter(chat_message::Column::Attachment.is_not_null())
+        .filter(chat_message::Column::Attachment.is_in(keys.iter().cloned()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(found.into_iter().collect())
 }
 
 pub async fn find_message(

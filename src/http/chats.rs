@@ -1,17 +1,18 @@
 //! `/api/v1/communication/chats/...`: the chat API (seed 002's URLs and field names).
 
 use axum::{
+    body::Body,
     extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    attachments,
+    attachments::{self, Upload},
     auth::AuthUser,
     chat::{
         self, ConversationView, HistoryPage, MarkRead, MarkReadResult, OnlineUsers, UnreadCounts,
@@ -21,9 +22,10 @@ use crate::{
     events::MessageView,
     http::{
         docs::{MAX_ID, id_schema, literal_schema, nullable},
-        extract::{Json, Query, parse_json, query_time},
+        extract::{Json, Query, parse_json, query_time, read_body},
     },
     state::AppState,
+    text,
 };
 
 pub fn router(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
@@ -112,8 +114,8 @@ literal_schema!(
         "required": ["receiver", "message"],
         "properties": {
             "receiver": id_schema(),
-            "message": {"type": "string", "maxLength": 10000, "pattern": "\\S",
-                        "description": "The text; not blank, at most 10 000 characters"}
+            "message": {"type": "string", "maxLength": 10000, "pattern": text::NOT_BLANK_PATTERN,
+                        "description": "The text; not blank, at most 10 000 characters, no control characters but tab, line feed and carriage return"}
         }
     })
 );
@@ -131,7 +133,8 @@ literal_schema!(
             "required": ["receiver"],
             "properties": {
                 "receiver": {"type": "string", "pattern": "^[1-9][0-9]{0,14}$", "description": "The receiver's user id"},
-                "message": {"type": "string", "maxLength": 10000, "description": "The text; may be blank when there is an attachment"},
+                "message": {"type": "string", "maxLength": 10000, "pattern": text::PATTERN,
+                            "description": "The text; may be blank when there is an attachment; no control characters but tab, line feed and carriage return"},
                 "attachment": {"type": "string", "format": "binary",
                                "description": "An image, video or document (type detected from the content; others are refused with 415)"}
             }
@@ -148,7 +151,8 @@ literal_schema!(
 /// JSON (`{"receiver", "message"}`) or `multipart/form-data` (`receiver`, `message`, `attachment`).
 /// Stores the message and publishes a `message` event to the receiver's postbox and to the sender's (so
 /// the sender's other devices see it), after the commit, with publisher confirms. While RabbitMQ is
-/// unreachable the send is refused with 503 and nothing is stored.
+/// unreachable the send is refused with 503 and nothing is stored. A refused send stores no
+/// attachment; each user's attachments count against a quota (`POSTBOX_ATTACHMENT_QUOTA_BYTES`).
 #[utoipa::path(
     post,
     path = "/chats/",
@@ -159,14 +163,14 @@ literal_schema!(
     )),
     responses(
         (status = 201, description = "Stored and announced", body = MessageView),
-        (status = 400, description = "Bad JSON or form, missing receiver, blank or too long message", body = ErrorBody),
+        (status = 400, description = "Bad JSON or form, missing receiver, blank or too long message, control characters in it", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Sending to yourself", body = ErrorBody),
         (status = 404, description = "No such receiver", body = ErrorBody),
-        (status = 413, description = "Body or attachment too large", body = ErrorBody),
+        (status = 413, description = "Body or attachment too large, or the sender's attachment quota exceeded", body = ErrorBody),
         (status = 415, description = "Neither JSON nor a form, or an attachment type that is not accepted", body = ErrorBody),
         (status = 429, description = "Too many messages per second; see Retry-After", body = ErrorBody),
-        (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
+        (status = 503, description = "Broker or database unavailable, or too many uploads in progress; retry", body = ErrorBody),
     ),
     security(("token" = []), ("token_query" = []))
 )]
@@ -181,11 +185,15 @@ async fn send(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let (receiver, text, attachment) = if content_type.starts_with("multipart/form-data") {
+    let (receiver, text, upload) = if content_type.starts_with("multipart/form-data") {
+        // The form is read into memory (nothing is written before the send is accepted); a turn
+        // bounds how many are held at once.
+        let turn = attachments::upload_turn(&state.uploads, state.config.backend_timeout()).await?;
         let form = Multipart::from_request(req, &state)
             .await
             .map_err(|e| AppError::BadRequest(format!("invalid form: {}", e.body_text())))?;
-        read_form(&state, form).await?
+        let (receiver, text, file) = read_form(&state, form).await?;
+        (receiver, text, file.map(|f| Upload::new(f, turn)))
     } else {
         let mime = content_type.split(';').next().unwrap_or_default().trim();
         if !(mime == "application/json" || mime.ends_with("+json")) {
@@ -193,14 +201,8 @@ async fn send(
                 "send JSON (`Content-Type: application/json`) or a multipart/form-data form".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, &state)
-            .await
-            .map_err(|_| AppError::PayloadTooLarge("request body is too large".into()))?;
-        if bytes.len() > state.config.max_body_bytes {
-            return Err(AppError::PayloadTooLarge(
-                "request body is too large".into(),
-            ));
-        }
+        // This route admits bodies up to the attachment limit (for forms): JSON stops at the body limit.
+        let bytes = read_body(req, state.config.max_body_bytes).await?;
         let body: SendBody = parse_json(&bytes)?;
         let receiver = body
             .receiver
@@ -208,35 +210,51 @@ async fn send(
             .parse("receiver")?;
         (receiver, body.message, None)
     };
-    let view = chat::send_message(&state, &user, receiver, text, attachment).await?;
+    let view = chat::send_message(&state, &user, receiver, text, upload).await?;
     Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
-/// Reads `receiver`, `message` and `attachment` from a form, storing the attachment.
+/// Reads `receiver`, `message` and `attachment` from a form, into memory: the attachment up to the
+/// attachment limit, the other fields up to the body limit (413 as soon as one is beyond).
 async fn read_form(
     state: &AppState,
     mut form: Multipart,
-) -> Result<(i64, String, Option<chat::StoredAttachment>), AppError> {
+) -> Result<(i64, String, Option<Bytes>), AppError> {
     let (mut receiver, mut text, mut file) = (None, String::new(), None);
-    let too_large = || {
-        AppError::PayloadTooLarge(format!(
-            "the attachment is larger than {} bytes",
-            state.config.max_attachment_bytes
-        ))
+    let invalid = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge("request body is too large".into())
+        } else {
+            AppError::BadRequest(format!("invalid form: {}", e.body_text()))
+        }
     };
-    while let Some(field) = form
-        .next_field()
-        .await
-        .map_err(|e| AppError::BadRequest(format!("invalid form: {}", e.body_text())))?
-    {
+    while let Some(mut field) = form.next_field().await.map_err(invalid)? {
         let name = field.name().unwrap_or_default().to_owned();
-        let bytes = field.bytes().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                AppError::BadRequest(format!("invalid form: {}", e.body_text()))
+        let limit = match name.as_str() {
+            "receiver" | "message" => state.config.max_body_bytes,
+            "attachment" if file.is_some() => {
+                return Err(AppError::BadRequest(
+                    "a message carries one attachment".into(),
+                ));
             }
-        })?;
+            "attachment" => state.config.max_attachment_bytes,
+            other => {
+                return Err(AppError::BadRequest(format!(
+                    "unknown form field {other:?}: expected receiver, message, attachment"
+                )));
+            }
+        };
+        let mut bytes = BytesMut::new();
+        while let Some(chunk) = field.chunk().await.map_err(invalid)? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(AppError::PayloadTooLarge(match name.as_str() {
+                    "attachment" => format!("the attachment is larger than {limit} bytes"),
+                    _ => format!("form field `{name}` is larger than {limit} bytes"),
+                }));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let bytes = bytes.freeze();
         let text_of = |b: &Bytes| {
             String::from_utf8(b.to_vec())
                 .map_err(|_| AppError::field("message", "must be UTF-8 text"))
@@ -244,38 +262,11 @@ async fn read_form(
         match name.as_str() {
             "receiver" => receiver = Some(Id::Text(text_of(&bytes)?).parse("receiver")?),
             "message" => text = text_of(&bytes)?,
-            "attachment" => file = Some(bytes),
-            other => {
-                return Err(AppError::BadRequest(format!(
-                    "unknown form field {other:?}: expected receiver, message, attachment"
-                )));
-            }
+            _ => file = Some(bytes),
         }
     }
     let receiver = receiver.ok_or_else(|| AppError::field("receiver", "this field is required"))?;
-    let attachment = match file {
-        None => None,
-        Some(bytes) if bytes.len() > state.config.max_attachment_bytes => return Err(too_large()),
-        Some(bytes) => {
-            let file_type = attachments::detect(&bytes).ok_or_else(|| {
-                AppError::UnsupportedMediaType(
-                    "attachments must be images (JPEG, PNG, GIF, WebP, BMP), videos (MP4, WebM, MOV, MKV, AVI) \
-                     or documents (PDF, Office, OpenDocument, RTF, plain text)"
-                        .into(),
-                )
-            })?;
-            let key = state
-                .attachments
-                .put(bytes.to_vec(), file_type)
-                .await
-                .map_err(|e| AppError::Internal(format!("cannot store an attachment: {e}")))?;
-            Some(chat::StoredAttachment {
-                key,
-                kind: file_type.kind.to_owned(),
-            })
-        }
-    };
-    Ok((receiver, text, attachment))
+    Ok((receiver, text, file))
 }
 
 /// Download a message's attachment (its sender and receiver only).
@@ -285,7 +276,7 @@ async fn read_form(
     tag = "chats",
     params(("message_id" = i64, Path, description = "The message carrying the attachment", minimum = 1, maximum = 999_999_999_999_999_i64)),
     responses(
-        (status = 200, description = "The file, with its detected content type", content(
+        (status = 200, description = "The file, streamed with its `Content-Length` and its detected content type", content(
             (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/png"), (Vec<u8> = "image/gif"), (Vec<u8> = "image/webp"),
             (Vec<u8> = "image/bmp"), (Vec<u8> = "video/mp4"), (Vec<u8> = "video/webm"), (Vec<u8> = "video/quicktime"),
             (Vec<u8> = "video/x-matroska"), (Vec<u8> = "video/x-msvideo"), (Vec<u8> = "application/pdf"),
@@ -313,19 +304,7 @@ async fn attachment(
     Path(message_id): Path<String>,
 ) -> Result<Response, AppError> {
     let message_id = Id::Text(message_id).parse("message_id")?;
-    let not_found = || AppError::NotFound("no such attachment".into());
-    let msg = crate::db::chat::find_message(&state.db, message_id)
-        .await?
-        .filter(|m| m.sender_id == user.0.id || m.receiver_id == user.0.id)
-        .ok_or_else(not_found)?;
-    let key = msg.attachment.ok_or_else(not_found)?;
-    let file_type = attachments::type_of_key(&key).ok_or_else(not_found)?;
-    let bytes = state
-        .attachments
-        .get(&key)
-        .await
-        .map_err(|e| AppError::Internal(format!("cannot read an attachment: {e}")))?
-        .ok_or_else(not_found)?;
+    let (file_type, download) = chat::open_attachment(&state, &user, message_id).await?;
     let disposition = if file_type.kind == "document" {
         format!(
             "attachment; filename=\"message-{message_id}.{}\"",
@@ -334,14 +313,16 @@ async fn attachment(
     } else {
         "inline".to_owned()
     };
+    // Streamed from the file, never read whole into memory.
     Ok((
         [
             (header::CONTENT_TYPE, file_type.mime.to_owned()),
+            (header::CONTENT_LENGTH, download.len.to_string()),
             (header::CONTENT_DISPOSITION, disposition),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
             (header::CACHE_CONTROL, "private, max-age=86400".to_owned()),
         ],
-        bytes,
+        Body::from_stream(download.body),
     )
         .into_response())
 }

@@ -100,10 +100,3 @@ pub fn id_schema() -> serde_json::Value {
 pub fn nullable(schema: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"oneOf": [schema, {"type": "null"}]})
 }
-
-/// Whether text is blank the way the document's `\S` pattern sees it (Python's `str.isspace`, which
-/// also counts the ASCII separators U+001C..U+001F).
-pub fn is_blank(text: &str) -> bool {
-    text.chars()
-        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-}

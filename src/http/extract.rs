@@ -5,8 +5,10 @@ use axum::{
         FromRequest, FromRequestParts, Request,
         rejection::{JsonRejection, QueryRejection},
     },
-    http::{StatusCode, request::Parts},
+    http::{StatusCode, header, request::Parts},
 };
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
@@ -49,6 +51,32 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         serde_json::error::Category::Data => AppError::BadRequest(format!("invalid field: {e}")),
         _ => AppError::BadRequest(format!("malformed JSON: {e}")),
     })
+}
+
+/// Reads a body of at most `limit` bytes, whatever the route's body limit: 413 at once when the
+/// request announces more (`Content-Length`), or as soon as more arrived; nothing beyond is read.
+pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, AppError> {
+    let too_large =
+        || AppError::PayloadTooLarge(format!("request body is larger than {limit} bytes"));
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body().into_data_stream();
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk
+            .map_err(|e| AppError::BadRequest(format!("could not read the request body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
 }
 
 /// `axum::extract::Query` with JSON errors (400).

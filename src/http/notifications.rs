@@ -20,6 +20,7 @@ use crate::{
     notifications::{self, Created, Draft, MarkedAll, NotificationPage, NotificationView, Target},
     publish::{self, Published},
     state::AppState,
+    text,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -101,9 +102,10 @@ pub struct CreateBody {
 
 fn notification_fields() -> serde_json::Value {
     serde_json::json!({
-        "title": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S",
-                  "description": "Not blank, at most 200 characters"},
-        "message": {"type": ["string", "null"], "maxLength": 10000, "description": "The text (may be empty)"},
+        "title": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": text::NOT_BLANK_PATTERN,
+                  "description": "Not blank, at most 200 characters, no control characters but tab, line feed and carriage return"},
+        "message": {"type": ["string", "null"], "maxLength": 10000, "pattern": text::PATTERN,
+                    "description": "The text (may be empty); no control characters but tab, line feed and carriage return"},
         "notification_type": {"type": ["string", "null"], "pattern": "^[a-z][a-z0-9_.-]{0,31}$",
                               "description": "A category for clients (`notice` by default)"},
         "data": {"type": ["object", "null"], "description": "Extra JSON for clients (at most POSTBOX_MAX_EVENT_BYTES as JSON)"}

@@ -21,6 +21,7 @@ use crate::{
     },
     state::AppState,
     support::{self, Agent, StatusFilter, SupportChatView, SupportMessageView, SupportMessages},
+    text,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -64,8 +65,8 @@ literal_schema!(
         "type": "object",
         "required": ["message"],
         "properties": {
-            "message": {"type": "string", "maxLength": 10000, "pattern": "\\S",
-                        "description": "The text; not blank, at most 10 000 characters (the configured limit)"}
+            "message": {"type": "string", "maxLength": 10000, "pattern": text::NOT_BLANK_PATTERN,
+                        "description": "The text; not blank, at most 10 000 characters (the configured limit), no control characters but tab, line feed and carriage return"}
         }
     })
 );

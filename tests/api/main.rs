@@ -20,4 +20,5 @@ mod ops;
 mod poll;
 mod sse;
 mod support;
+mod text;
 mod tokens;

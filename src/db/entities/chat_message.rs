@@ -12,6 +12,8 @@ pub struct Model {
     pub message: String,
     pub attachment: Option<String>,
     pub attachment_type: Option<String>,
+    /// Bytes of the attachment; null for messages stored before sizes were recorded.
+    pub attachment_size: Option<i64>,
     pub created_at: DateTimeUtc,
     pub delivered_at: Option<DateTimeUtc>,
     pub read_at: Option<DateTimeUtc>,
