@@ -15,6 +15,33 @@ pub struct Config {
     #[arg(long = "bind", env = "POSTBOX_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
 
+    /// Seconds a connection may take to send a complete request head: from accepting it to its first
+    /// request, and from the first byte of each later request. A connection that sends nothing, or
+    /// trickles its head, is closed.
+    #[arg(
+        long = "header-timeout",
+        env = "POSTBOX_HEADER_TIMEOUT",
+        default_value_t = 5.0
+    )]
+    pub header_timeout_secs: f64,
+
+    /// Seconds a kept-alive connection may stay open with no request in flight (long polls and event
+    /// streams in progress are never cut). Keep it above the idle timeout of a proxy's upstream pool
+    /// (nginx: 60 s), so the proxy, not Postbox, closes the connections it reuses.
+    #[arg(
+        long = "keepalive-timeout",
+        env = "POSTBOX_KEEPALIVE_TIMEOUT",
+        default_value_t = 75.0
+    )]
+    pub keepalive_timeout_secs: f64,
+
+    /// Open HTTP connections at most; beyond it new connections wait in the kernel's listen backlog
+    /// until one closes. Every waiting long poll holds one: keep it above the expected pollers and below
+    /// the open-file limit (a warning at start says when it is not). The default holds the benchmarks'
+    /// 10 000 idle long polls with room to spare under their 20 000-descriptor limit.
+    #[arg(long, env = "POSTBOX_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
     /// Database URL: `sqlite://FILE?mode=rwc` (embedded default) or `postgres://user@host/db`.
     #[arg(
         long,
@@ -201,6 +228,15 @@ impl Config {
     /// Checks the values once at start-up, so a bad setting stops the service with a clear message.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: &str| Err(ConfigError(msg.to_owned()));
+        if !(self.header_timeout_secs >= 0.1 && self.header_timeout_secs <= 300.0) {
+            return bad("POSTBOX_HEADER_TIMEOUT must be between 0.1 and 300 seconds");
+        }
+        if !(self.keepalive_timeout_secs >= 0.1 && self.keepalive_timeout_secs <= 3600.0) {
+            return bad("POSTBOX_KEEPALIVE_TIMEOUT must be between 0.1 and 3600 seconds");
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return bad("POSTBOX_MAX_CONNECTIONS must be between 1 and 1000000");
+        }
         if !(self.poll_timeout_secs > 0.0 && self.poll_timeout_secs <= 300.0) {
             return bad("POSTBOX_POLL_TIMEOUT must be between 0 and 300 seconds");
         }
@@ -257,6 +293,14 @@ impl Config {
             return bad("POSTBOX_BACKEND_TIMEOUT must be at least 1 second");
         }
         Ok(())
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout_secs)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.keepalive_timeout_secs)
     }
 
     pub fn poll_timeout(&self) -> Duration {
