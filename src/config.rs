@@ -42,6 +42,12 @@ pub struct Config {
     #[arg(long, env = "POSTBOX_MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
 
+    /// Long polls and event streams one user may hold at once in this instance (429 with Retry-After
+    /// beyond). The JavaScript client needs one per browser (its tabs share it); the default leaves room
+    /// for many devices, unshared tabs and a stale poll or two.
+    #[arg(long, env = "POSTBOX_MAX_POLLS_PER_USER", default_value_t = 20)]
+    pub max_polls_per_user: usize,
+
     /// Database URL: `sqlite://FILE?mode=rwc` (embedded default) or `postgres://user@host/db`.
     #[arg(
         long,
@@ -236,6 +242,9 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
             return bad("POSTBOX_MAX_CONNECTIONS must be between 1 and 1000000");
+        }
+        if self.max_polls_per_user == 0 || self.max_polls_per_user > 10_000 {
+            return bad("POSTBOX_MAX_POLLS_PER_USER must be between 1 and 10000");
         }
         if !(self.poll_timeout_secs > 0.0 && self.poll_timeout_secs <= 300.0) {
             return bad("POSTBOX_POLL_TIMEOUT must be between 0 and 300 seconds");

@@ -72,6 +72,11 @@ pub async fn connect(
         clients: clients::Clients::default(),
         typing_limit: ratelimit::RateLimiter::new(config.typing_rate),
         send_limit: ratelimit::RateLimiter::new(config.send_rate),
+        // Retry after the default hold: by then an ordinary poll of the user has ended.
+        poll_slots: ratelimit::PollSlots::new(
+            config.max_polls_per_user,
+            config.poll_timeout_secs.ceil().max(1.0) as u64,
+        ),
         waiting: control::Waiting::default(),
         tokens: auth::TokenCache::new(config.auth_cache()),
         token_lookups: auth::TokenLookups::new(db.clone()),

@@ -24,6 +24,8 @@ pub struct AppState {
     pub typing_limit: RateLimiter,
     /// Messages per sender.
     pub send_limit: RateLimiter,
+    /// Long polls and event streams held now per user.
+    pub poll_slots: crate::ratelimit::PollSlots,
     /// Polls waiting now, by token digest, so a revoked token ends them at once.
     pub waiting: crate::control::Waiting,
     /// Tokens authenticated lately, so most polls skip the token query.

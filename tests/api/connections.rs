@@ -1,6 +1,7 @@
 //! Connection limits: the header-read and keep-alive timeouts close connections that send nothing, trickle
 //! their request head or idle between requests, without ever cutting a long poll or an event stream;
-//! the global connection cap holds new connections until one closes.
+//! the global connection cap holds new connections until one closes; a user's long polls and streams
+//! beyond their cap are answered 429.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, TestUser, assert_error, spawn_app_with};
 
 fn host(app: &TestApp) -> String {
     app.addr.trim_start_matches("http://").to_owned()
@@ -297,4 +298,144 @@ async fn the_connection_cap_holds_new_connections_until_one_closes() {
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
+}
+
+/// Starts a poll of `user` held up to `hold` seconds, in the background.
+fn hold_poll(
+    app: &TestApp,
+    user: &TestUser,
+    hold: u32,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let request = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/communication/poll/events/?timeout={hold}"
+        )))
+        .header("Authorization", format!("Token {}", user.token));
+    tokio::spawn(async move { request.send().await.expect("poll request") })
+}
+
+/// A poll of `user` that answers at once (`?timeout=0`) unless it is refused.
+async fn quick_poll(app: &TestApp, user: &TestUser) -> reqwest::Response {
+    app.client
+        .get(app.url("/api/v1/communication/poll/events/?timeout=0"))
+        .header("Authorization", format!("Token {}", user.token))
+        .send()
+        .await
+        .expect("poll request")
+}
+
+/// Opens an event stream of `user`; `Some` (the open stream) once its `connected` record arrived,
+/// `None` when it was refused with 429.
+async fn open_stream(
+    app: &TestApp,
+    user: &TestUser,
+) -> Option<impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>> {
+    let resp = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/communication/sse/events/?token={}",
+            user.token
+        )))
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        assert!(resp.headers().contains_key("retry-after"));
+        assert_eq!(
+            assert_error(resp, StatusCode::TOO_MANY_REQUESTS).await["error"],
+            "rate_limited"
+        );
+        return None;
+    }
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = Box::pin(resp.bytes_stream());
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no record within 10 s")
+        .expect("stream ended")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("event: connected"));
+    Some(stream)
+}
+
+/// Waits (polling, up to 15 s) until `attempt` succeeds; the slots it waits for come free in the
+/// background.
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(done) = attempt().await {
+            return done;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_users_polls_beyond_the_cap_get_429_and_their_slots_come_back() {
+    let app = spawn_app_with(|c| c.max_polls_per_user = 2).await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    // Bob holds an event stream (admitted: it has its `connected` record) and a long poll.
+    let stream = open_stream(&app, &bob)
+        .await
+        .expect("first stream admitted");
+    let mut long = hold_poll(&app, &bob, 4);
+
+    // With both held, bob's next poll is refused with the JSON error and Retry-After. (The long poll
+    // cannot be seen waiting: poll at once until refused, and start the long poll again if a quick
+    // poll got its slot first and it was the one refused.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let resp = quick_poll(&app, &bob).await;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            break resp;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        if long.is_finished() {
+            let raced = long.await.unwrap();
+            assert_eq!(raced.status(), StatusCode::TOO_MANY_REQUESTS);
+            long = hold_poll(&app, &bob, 4);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no poll refused within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body = assert_error(refused, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_eq!(body["error"], "rate_limited");
+    // A stream counts against the same cap; other users are not affected.
+    assert!(open_stream(&app, &bob).await.is_none());
+    assert_eq!(quick_poll(&app, &alice).await.status(), StatusCode::OK);
+
+    // The long poll answers: bob may poll again.
+    assert_eq!(long.await.unwrap().status(), StatusCode::OK);
+    eventually("a poll after the long one ended", || async {
+        (quick_poll(&app, &bob).await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    // A stream whose client went away gives its slot back too: two new ones fit.
+    drop(stream);
+    let _first = open_stream(&app, &bob)
+        .await
+        .expect("the long poll's slot is free");
+    let _second = eventually("a second stream after one was dropped", || {
+        open_stream(&app, &bob)
+    })
+    .await;
 }
