@@ -15,6 +15,39 @@ pub struct Config {
     #[arg(long = "bind", env = "POSTBOX_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
 
+    /// Seconds a connection may take to send a complete request head: from accepting it to its first
+    /// request, and from the first byte of each later request. A connection that sends nothing, or
+    /// trickles its head, is closed.
+    #[arg(
+        long = "header-timeout",
+        env = "POSTBOX_HEADER_TIMEOUT",
+        default_value_t = 5.0
+    )]
+    pub header_timeout_secs: f64,
+
+    /// Seconds a kept-alive connection may stay open with no request in flight (long polls and event
+    /// streams in progress are never cut). Keep it above the idle timeout of a proxy's upstream pool
+    /// (nginx: 60 s), so the proxy, not Postbox, closes the connections it reuses.
+    #[arg(
+        long = "keepalive-timeout",
+        env = "POSTBOX_KEEPALIVE_TIMEOUT",
+        default_value_t = 75.0
+    )]
+    pub keepalive_timeout_secs: f64,
+
+    /// Open HTTP connections at most; beyond it new connections wait in the kernel's listen backlog
+    /// until one closes. Every waiting long poll holds one: keep it above the expected pollers and below
+    /// the open-file limit (a warning at start says when it is not). The default holds the benchmarks'
+    /// 10 000 idle long polls with room to spare under their 20 000-descriptor limit.
+    #[arg(long, env = "POSTBOX_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// Long polls and event streams one user may hold at once in this instance (429 with Retry-After
+    /// beyond). The JavaScript client needs one per browser (its tabs share it); the default leaves room
+    /// for many devices, unshared tabs and a stale poll or two.
+    #[arg(long, env = "POSTBOX_MAX_POLLS_PER_USER", default_value_t = 20)]
+    pub max_polls_per_user: usize,
+
     /// Database URL: `sqlite://FILE?mode=rwc` (embedded default) or `postgres://user@host/db`.
     // `hide_env_values`: the URL may carry a password, and `--help` would print it.
     #[arg(
@@ -261,6 +294,18 @@ impl Config {
     /// Checks the values once at start-up, so a bad setting stops the service with a clear message.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: &str| Err(ConfigError(msg.to_owned()));
+        if !(self.header_timeout_secs >= 0.1 && self.header_timeout_secs <= 300.0) {
+            return bad("POSTBOX_HEADER_TIMEOUT must be between 0.1 and 300 seconds");
+        }
+        if !(self.keepalive_timeout_secs >= 0.1 && self.keepalive_timeout_secs <= 3600.0) {
+            return bad("POSTBOX_KEEPALIVE_TIMEOUT must be between 0.1 and 3600 seconds");
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return bad("POSTBOX_MAX_CONNECTIONS must be between 1 and 1000000");
+        }
+        if self.max_polls_per_user == 0 || self.max_polls_per_user > 10_000 {
+            return bad("POSTBOX_MAX_POLLS_PER_USER must be between 1 and 10000");
+        }
         if !(self.poll_timeout_secs > 0.0 && self.poll_timeout_secs <= 300.0) {
             return bad("POSTBOX_POLL_TIMEOUT must be between 0 and 300 seconds");
         }
@@ -353,11 +398,19 @@ impl Config {
         for entry in entries {
             origins.push(origin(entry).ok_or_else(|| {
                 ConfigError(format!(
-                    "POSTBOX_CORS_ORIGINS: {entry:?} is not an origin; give `scheme://host[:port]`                      without a path (for example `https://app.example.com`), or `*` alone"
+                    "POSTBOX_CORS_ORIGINS: {entry:?} is not an origin; give `scheme://host[:port]` without a path (for example `https://app.example.com`), or `*` alone"
                 ))
             })?);
         }
         Ok(CorsOrigins::List(origins))
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout_secs)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.keepalive_timeout_secs)
     }
 
     pub fn poll_timeout(&self) -> Duration {

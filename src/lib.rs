@@ -75,6 +75,11 @@ pub async fn connect(
         typing_limit: ratelimit::RateLimiter::new(config.typing_rate),
         typing_signals: throttle::Throttle::new(chat::typing_period(config.typing_ttl())),
         send_limit: ratelimit::RateLimiter::new(config.send_rate),
+        // Retry after the default hold: by then an ordinary poll of the user has ended.
+        poll_slots: ratelimit::PollSlots::new(
+            config.max_polls_per_user,
+            config.poll_timeout_secs.ceil().max(1.0) as u64,
+        ),
         waiting: control::Waiting::default(),
         tokens: auth::TokenCache::new(config.auth_cache()),
         token_lookups: auth::TokenLookups::new(db.clone()),
@@ -149,21 +154,15 @@ pub async fn run(
     ));
     tracing::info!(addr = %listener.local_addr()?, "postbox listening");
     let app = http::router(state.clone());
-    // TCP_NODELAY: a poll answer with events is written as two chunks (the events, then the end of the
-    // chunked body once they are acknowledged); with Nagle the second write waited for the client's
-    // delayed ACK, adding ~40 ms to every delivery (measured with `postbox loadtest`).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    // `into_make_service`: each connection gets a clone of one prepared router (an `Arc`). Serving the
-    // `Router` itself prepares a copy of every route per connection (~30 KB each, measured with
-    // heaptrack), which 10 000 idle long polls pay in full.
-    let served = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    // Waiting polls were answered when `shutdown` fired (the hub watches it); now stop the rest.
+    // Waiting polls are answered when `shutdown` fires (the hub watches it), so the drain is short.
+    http::server::serve(
+        listener,
+        app,
+        http::server::Limits::from_config(&state.config),
+        shutdown.clone(),
+    )
+    .await;
+    // Now stop the rest.
     shutdown.cancel();
     if let Err(e) = outbox_task.await {
         tracing::warn!(error = %e, "outbox task ended abnormally");
@@ -189,5 +188,5 @@ pub async fn run(
     state.broker.close().await;
     state.db.clone().close().await.ok();
     tracing::info!("postbox stopped");
-    served.map_err(RunError::from)
+    Ok(())
 }

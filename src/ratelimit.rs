@@ -1,5 +1,6 @@
-//! Per-key rate limits (typing events per sender): a fixed one-second window, in memory, per instance.
-//! An over-limit call is answered 429 with `Retry-After`.
+//! Per-key limits, in memory, per instance; an over-limit call is answered 429 with `Retry-After`:
+//! rates (typing events and messages per sender, a fixed one-second window) and concurrency (long polls
+//! and event streams held at once per user, [`PollSlots`]).
 
 use std::{
     collections::HashMap,
@@ -46,6 +47,67 @@ impl RateLimiter {
     }
 }
 
+/// Long polls and event streams each user holds now; refuses one beyond `max`. Each holds a
+/// [`PollSlot`] from the moment it is admitted until its response ended or was dropped (the client went
+/// away), so a poll that ends in any way gives its slot back.
+#[derive(Clone)]
+pub struct PollSlots {
+    max: usize,
+    retry_after_secs: u64,
+    held: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+/// One admitted poll or stream of a user; dropping it frees the slot.
+pub struct PollSlot {
+    slots: PollSlots,
+    user_id: i64,
+}
+
+impl PollSlots {
+    /// At most `max` at once per user; a refused call is told to retry after `retry_after_secs` (by
+    /// then an ordinary poll of that user has ended).
+    pub fn new(max: usize, retry_after_secs: u64) -> Self {
+        PollSlots {
+            max,
+            retry_after_secs,
+            held: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Admits one more poll or stream of `user_id`, or refuses it when the user already holds `max`.
+    pub fn acquire(&self, user_id: i64) -> Result<PollSlot, AppError> {
+        let mut held = self.held.lock().expect("poll slots lock");
+        let count = held.entry(user_id).or_insert(0);
+        if *count >= self.max {
+            return Err(AppError::RateLimited {
+                detail: format!(
+                    "too many long polls and event streams open for this user: at most {} at once; \
+                     close one (one poll per client is enough) or retry later",
+                    self.max
+                ),
+                retry_after_secs: self.retry_after_secs,
+            });
+        }
+        *count += 1;
+        Ok(PollSlot {
+            slots: self.clone(),
+            user_id,
+        })
+    }
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().expect("poll slots lock");
+        if let Some(count) = held.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.user_id);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +123,29 @@ mod tests {
         limiter
             .check(2, "events")
             .expect("other keys are independent");
+    }
+
+    #[test]
+    fn poll_slots_refuse_beyond_the_cap_per_user_and_come_back_when_dropped() {
+        let slots = PollSlots::new(2, 6);
+        let a = slots.acquire(1).unwrap();
+        let b = slots.acquire(1).unwrap();
+        let err = slots.acquire(1).err().expect("a third is refused");
+        assert_eq!(err.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(matches!(
+            err,
+            AppError::RateLimited {
+                retry_after_secs: 6,
+                ..
+            }
+        ));
+        let other = slots.acquire(2).expect("other users are independent");
+        drop(a);
+        let c = slots.acquire(1).expect("a freed slot is reused");
+        drop((b, c, other));
+        assert!(
+            slots.held.lock().unwrap().is_empty(),
+            "no entry left behind"
+        );
     }
 }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub typing_signals: crate::throttle::Throttle<(i64, i64), bool>,
     /// Messages per sender.
     pub send_limit: RateLimiter,
+    /// Long polls and event streams held now per user.
+    pub poll_slots: crate::ratelimit::PollSlots,
     /// Polls waiting now, by token digest, so a revoked token ends them at once.
     pub waiting: crate::control::Waiting,
     /// Tokens authenticated lately, so most polls skip the token query.

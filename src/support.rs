@@ -195,7 +195,7 @@ pub async fn send_as_user(
     if db::support::unanswered_at_least(&state.db, chat.id, u64::from(cap)).await? {
         return Err(AppError::RateLimited {
             detail: format!(
-                "you sent {cap} support messages without an answer; an agent will reply soon                  (POSTBOX_SUPPORT_MAX_UNANSWERED)"
+                "you sent {cap} support messages without an answer; an agent will reply soon (POSTBOX_SUPPORT_MAX_UNANSWERED)"
             ),
             retry_after_secs: 30,
         });

@@ -50,6 +50,15 @@ pub mod names {
     pub const DELIVERY_LATENCY: &str = "postbox_delivery_latency_seconds";
     /// Counter: publishing-path postbox checks, by `result`: `hit` (cached, no declare) or `miss`.
     pub const DECLARE_CACHE: &str = "postbox_queue_declare_cache_total";
+    /// Gauge: HTTP connections open now (at most `POSTBOX_MAX_CONNECTIONS`).
+    pub const CONNECTIONS_OPEN: &str = "postbox_connections_open";
+    /// Counter: HTTP connections the server closed, by `reason`: `header_timeout` (no complete request
+    /// head within `POSTBOX_HEADER_TIMEOUT`: nothing sent, or a head trickled) or `idle_timeout` (kept
+    /// alive with no request for `POSTBOX_KEEPALIVE_TIMEOUT`).
+    pub const CONNECTIONS_CLOSED: &str = "postbox_connections_closed_total";
+    /// Counter: times a connection could not be accepted at once because `POSTBOX_MAX_CONNECTIONS` were
+    /// open (it waited in the kernel's listen backlog until one closed; none is refused).
+    pub const CONNECTION_CAP_WAITS: &str = "postbox_connection_cap_waits_total";
 }
 
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod notifications;
 pub mod ops;
 pub mod poll;
+pub mod server;
 pub mod sse;
 pub mod support;
 

@@ -24,6 +24,7 @@ use crate::{
     error::{AppError, ErrorBody},
     events::{Event, kind, unix_now},
     http::extract::{Query, parse_json},
+    ratelimit::PollSlot,
     state::AppState,
     telemetry::names,
 };
@@ -84,6 +85,7 @@ pub struct PollParams {
         (status = 200, description = "Events (possibly none)", body = PollResponse),
         (status = 400, description = "Invalid client_id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token, or the token was revoked or expired while the poll waited", body = ErrorBody),
+        (status = 429, description = "The user holds too many long polls and event streams at once; see Retry-After", body = ErrorBody),
         (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
     ),
     security(("token" = []), ("token_query" = []))
@@ -118,6 +120,8 @@ async fn events(
             }
         },
     };
+    // Counted against the user's cap until the answer was handed over or dropped.
+    let slot = state.poll_slots.acquire(user.id)?;
     // Boxed: the database work of opening is large and done before the wait; inline, its future would
     // stay part of this handler's state for the whole hold.
     let crate::clients::Opened { postbox, gap } = Box::pin(crate::clients::open(
@@ -134,7 +138,7 @@ async fn events(
             hold
         };
     let max = state.config.queue_max_length as usize;
-    let mut tracker = PollTracker::start();
+    let mut tracker = PollTracker::start(slot);
     let waiting = state.waiting.register(&key_hash, expires_at);
     // Cursor mode for registered clients and for anyone sending a cursor; seed mode otherwise.
     let cursor = (params.client_id.is_some() || params.last_event_id.is_some())
@@ -168,15 +172,20 @@ async fn events(
 }
 
 /// Counts a poll in flight until it finishes, and its outcome. A poll dropped before it finished (the
-/// client went away while it waited or before the answer was written) counts as `disconnected`.
+/// client went away while it waited or before the answer was written) counts as `disconnected`. Holds
+/// the poll's slot under the user's cap until dropped.
 struct PollTracker {
     outcome: Option<&'static str>,
+    _slot: PollSlot,
 }
 
 impl PollTracker {
-    fn start() -> Self {
+    fn start(slot: PollSlot) -> Self {
         metrics::gauge!(names::POLLS_IN_FLIGHT).increment(1.0);
-        PollTracker { outcome: None }
+        PollTracker {
+            outcome: None,
+            _slot: slot,
+        }
     }
 
     fn finish(&mut self, outcome: &'static str) {

@@ -118,6 +118,7 @@ fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "Invalid client_id or last_event_id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 429, description = "The user holds too many long polls and event streams at once; see Retry-After", body = ErrorBody),
         (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
     ),
     security(("token" = []), ("token_query" = []))
@@ -151,6 +152,8 @@ async fn events(
             "is longer than 64 characters",
         ));
     }
+    // Counted against the user's cap until the stream ends or the client goes away.
+    let slot = state.poll_slots.acquire(user.id)?;
     let crate::clients::Opened { postbox, gap } = Box::pin(crate::clients::open(
         &state,
         &user,
@@ -185,6 +188,7 @@ async fn events(
         resync,
         gap,
         waiting,
+        _slot: slot,
     };
     let body = Body::from_stream(stream::unfold(stream_state, next_record));
     let mut resp = body.into_response();
@@ -213,6 +217,7 @@ struct Stream {
     gap: Option<crate::db::entities::gap::Model>,
     waiting: WaitingGuard,
     ends_at: tokio::time::Instant,
+    _slot: crate::ratelimit::PollSlot,
 }
 
 /// Produces the stream's next record; `None` ends it.

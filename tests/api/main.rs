@@ -6,6 +6,7 @@ mod auth;
 mod broker;
 mod chats;
 mod cli;
+mod connections;
 mod contract;
 mod conversation;
 mod delivery;
