@@ -19,4 +19,5 @@ mod ops;
 mod poll;
 mod sse;
 mod support;
+mod tls;
 mod tokens;
