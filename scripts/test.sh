@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, against real services: starts (or installs) RabbitMQ and PostgreSQL, then runs
 # every test on the embedded SQLite database and the API tests again on PostgreSQL, the JavaScript
-# client's tests, a real RabbitMQ restart under load, and the demo page in two headless browsers.
+# client's tests, a real RabbitMQ restart under load, Postbox against TLS RabbitMQ nodes, and the demo
+# page in two headless browsers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ fi
 
 echo "== fault run: a real RabbitMQ restart under load (a private node)"
 scripts/fault-broker-restart.sh
+
+echo "== TLS run: amqps:// and an https management API against private TLS nodes"
+scripts/tls-broker.sh
 
 echo "== the demo page in two headless browsers"
 scripts/browser-test.sh

@@ -64,13 +64,17 @@ pub enum Command {
     /// and those declared with other arguments.
     /// Exit codes: 0 healthy, 1 other error, 2 unreachable, 3 access refused (credentials or vhost),
     /// 4 queue arguments differ, 5 permissions insufficient for Postbox's names (read from the
-    /// management API; 5 wins over 4).
+    /// management API; 5 wins over 4), 6 TLS with RabbitMQ failed (certificate not trusted or not for
+    /// the host, not a TLS port, client certificate refused). Unusable TLS files are configuration
+    /// errors (1), like any invalid setting.
     CheckRabbitmq {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// Base URL of the RabbitMQ management HTTP API. Default: `http://<AMQP host>:15672`. It uses the
-        /// AMQP_URL user and password unless this URL carries its own.
+        /// Base URL of the RabbitMQ management HTTP API. Default: `http://<AMQP host>:15672`, or
+        /// `https://<AMQP host>:15671` for an `amqps://` AMQP_URL (an https URL is verified with the
+        /// same POSTBOX_AMQP_CA_FILE and client certificate as AMQP). It uses the AMQP_URL user and
+        /// password unless this URL carries its own.
         #[arg(long, env = "POSTBOX_MANAGEMENT_URL", hide_env_values = true)]
         management_url: Option<String>,
         #[command(flatten)]
@@ -184,6 +188,23 @@ fn print_report(report: &check::Report, json: bool) -> anyhow::Result<()> {
         "RabbitMQ        {} {} at {}",
         report.product, report.version, report.url
     );
+    match &report.tls {
+        Some(t) => println!(
+            "transport       TLS ({}: {}, {}); certificate verified against {}; client certificate {}",
+            t.library,
+            t.protocol,
+            t.cipher,
+            t.verified_with,
+            if t.client_certificate {
+                "presented"
+            } else {
+                "not configured"
+            }
+        ),
+        None => {
+            println!("transport       plain TCP, not encrypted (an amqps:// AMQP_URL uses TLS)")
+        }
+    }
     let m = &report.management;
     if m.reachable {
         let tags = if m.tags.is_empty() {

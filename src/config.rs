@@ -4,9 +4,12 @@
 //! the README table mirrors it. The config is validated once at start-up ([`Config::validate`]); secrets
 //! (URLs with passwords) are never logged, only their redacted form ([`redact_url`]).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+use amq_protocol::uri::{AMQPScheme, AMQPUri};
 use clap::Args;
+
+use crate::broker::tls::{CA_FILE_VAR, CLIENT_CERT_VAR, TlsSettings};
 
 /// Service configuration shared by every subcommand.
 #[derive(Debug, Clone, Args)]
@@ -66,6 +69,20 @@ pub struct Config {
         hide_env_values = true
     )]
     pub amqp_url: String,
+
+    /// CA certificate(s), PEM, that RabbitMQ's TLS certificate must chain to (`amqps://` only). When
+    /// set, only these are trusted; unset, the system trust store is. Read and checked at start-up.
+    #[arg(long, env = "POSTBOX_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM, the chain from the leaf) Postbox presents to RabbitMQ for mutual TLS
+    /// (`amqps://` only); needs `--amqp-client-key`.
+    #[arg(long, env = "POSTBOX_AMQP_CLIENT_CERT")]
+    pub amqp_client_cert: Option<PathBuf>,
+
+    /// Private key (PEM: unencrypted PKCS#8, PKCS#1 or SEC1) of `--amqp-client-cert`.
+    #[arg(long, env = "POSTBOX_AMQP_CLIENT_KEY")]
+    pub amqp_client_key: Option<PathBuf>,
 
     /// Prefix of every exchange and queue name (`<prefix>.events`, `<prefix>.user.<id>`).
     #[arg(long, env = "POSTBOX_BROKER_PREFIX", default_value = "postbox")]
@@ -306,6 +323,7 @@ impl Config {
         if self.max_polls_per_user == 0 || self.max_polls_per_user > 10_000 {
             return bad("POSTBOX_MAX_POLLS_PER_USER must be between 1 and 10000");
         }
+        self.validate_amqp()?;
         if !(self.poll_timeout_secs > 0.0 && self.poll_timeout_secs <= 300.0) {
             return bad("POSTBOX_POLL_TIMEOUT must be between 0 and 300 seconds");
         }
@@ -411,6 +429,34 @@ impl Config {
 
     pub fn keepalive_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.keepalive_timeout_secs)
+    }
+
+    /// The AMQP URL parses, and TLS files go with an `amqps://` URL only and can be read and used.
+    ///
+    /// TLS settings with a plain `amqp://` URL are refused rather than ignored: whoever set them meant
+    /// the connection to be encrypted, and a silent plain-text connection is the failure to avoid.
+    fn validate_amqp(&self) -> Result<(), ConfigError> {
+        let uri = AMQPUri::from_str(&self.amqp_url).map_err(|e| {
+            ConfigError(format!(
+                "AMQP_URL {} is not a valid AMQP URL: {e}",
+                redact_url(&self.amqp_url)
+            ))
+        })?;
+        if uri.scheme == AMQPScheme::AMQP && TlsSettings::configured(self) {
+            let which = if self.amqp_ca_file.is_some() {
+                CA_FILE_VAR
+            } else {
+                CLIENT_CERT_VAR
+            };
+            return Err(ConfigError(format!(
+                "{which} is set but AMQP_URL {} is amqp:// (plain text, no TLS): use an amqps:// URL \
+                 (RabbitMQ's TLS listener, usually port 5671), or unset the POSTBOX_AMQP_CA_FILE / \
+                 POSTBOX_AMQP_CLIENT_* settings",
+                redact_url(&self.amqp_url)
+            )));
+        }
+        TlsSettings::from_config(self).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(())
     }
 
     pub fn poll_timeout(&self) -> Duration {

@@ -115,7 +115,9 @@ impl AppError {
                 "the database is unavailable; retry shortly (operators: check DATABASE_URL and the database server)"
                     .into(),
             ),
-            E::Broker(BrokerError::Unavailable(_) | BrokerError::Timeout(_)) => (
+            E::Broker(
+                BrokerError::Unavailable(_) | BrokerError::Timeout(_) | BrokerError::Tls(_),
+            ) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "broker_unavailable",
                 "the message broker is unavailable; retry shortly (operators: run `postbox check-rabbitmq`)"

@@ -1,6 +1,7 @@
 //! `postbox check-rabbitmq`: what an operator needs to know about the broker, in one command.
 //!
-//! Reports the broker's product and version (read from the AMQP handshake) and a publish-with-confirm and
+//! Reports the broker's product and version (read from the AMQP handshake), whether the connection is
+//! TLS (with the protocol version and cipher suite rustls negotiated) and a publish-with-confirm and
 //! get round trip through `<prefix>.events` with its latency. Then, from the RabbitMQ management HTTP API
 //! when it answers: versions and totals (`/api/overview`), the user and whether its permissions cover
 //! Postbox's names (`/api/whoami`, `/api/permissions`), whether the exchange exists, and every postbox
@@ -21,6 +22,7 @@ use amq_protocol::{
     types::AMQPValue,
     uri::AMQPUri,
 };
+use futures_util::io::{AsyncReadExt, AsyncWriteExt};
 use lapin::{
     BasicProperties,
     options::{
@@ -31,14 +33,20 @@ use lapin::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Topology, close_quietly, topology};
+use super::{
+    Broker, BrokerError, Topology, close_quietly,
+    tls::{self, TlsSession, TlsSettings, Transport},
+    topology,
+};
 use crate::config::{Config, redact_url};
 
-/// Port of the management plugin when `--management-url` is not given.
+/// Port of the management plugin when `--management-url` is not given: its plain HTTP listener for an
+/// `amqp://` URL, its HTTPS listener (RabbitMQ's convention) for an `amqps://` one, so credentials meant
+/// for a TLS broker never travel in clear text by default.
 const MANAGEMENT_PORT: u16 = 15672;
+const MANAGEMENT_TLS_PORT: u16 = 15671;
 /// Queues per page of `/api/queues`.
 const PAGE_SIZE: u64 = 500;
 /// Pages read at most (100 000 postboxes); the report says when it stopped there.
@@ -53,6 +61,11 @@ pub struct Report {
     pub url: String,
     pub product: String,
     pub version: String,
+    /// `tls` for an `amqps://` URL (the handshake completed and the certificate was verified), `plain`
+    /// for `amqp://` (not encrypted).
+    pub transport: &'static str,
+    /// The TLS connection's parameters (`null` for plain TCP).
+    pub tls: Option<TlsReport>,
     /// `POSTBOX_BROKER_PREFIX`.
     pub prefix: String,
     pub exchange: String,
@@ -79,6 +92,22 @@ pub struct Report {
     /// What differs, per mismatched postbox.
     pub mismatches: Vec<Mismatch>,
     pub notes: Vec<String>,
+}
+
+/// The TLS side of the AMQP connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsReport {
+    /// Always `rustls`.
+    pub library: &'static str,
+    /// `TLS 1.3` or `TLS 1.2`.
+    pub protocol: String,
+    /// The negotiated cipher suite (IANA name).
+    pub cipher: String,
+    /// What the broker's certificate was verified against: `POSTBOX_AMQP_CA_FILE <path>` or the
+    /// system trust store.
+    pub verified_with: String,
+    /// Whether a client certificate was offered (`POSTBOX_AMQP_CLIENT_CERT`).
+    pub client_certificate: bool,
 }
 
 /// Whether the management HTTP API could be read.
@@ -196,6 +225,9 @@ pub enum CheckFailure {
     /// The broker refused Postbox's names and the management API shows why.
     #[error("{0}")]
     Permissions(String),
+    /// The TLS connection could not be set up (handshake failed, TLS files unusable).
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Other(String),
 }
@@ -206,6 +238,7 @@ impl CheckFailure {
             CheckFailure::Unreachable(_) => 2,
             CheckFailure::AccessRefused(_) => 3,
             CheckFailure::Permissions(_) => 5,
+            CheckFailure::Tls(_) => 6,
             CheckFailure::Other(_) => 1,
         }
     }
@@ -218,6 +251,7 @@ fn failure(e: BrokerError) -> CheckFailure {
             "RabbitMQ did not answer within {d:?}; check that it is running and AMQP_URL"
         )),
         BrokerError::AccessRefused(m) => CheckFailure::AccessRefused(m),
+        BrokerError::Tls(m) => CheckFailure::Tls(m),
         other => CheckFailure::Other(other.to_string()),
     }
 }
@@ -233,9 +267,20 @@ pub async fn run(
     let url = redact_url(&config.amqp_url);
     let uri = AMQPUri::from_str(&config.amqp_url)
         .map_err(|e| CheckFailure::Other(format!("AMQP_URL {url} is not a valid AMQP URL: {e}")))?;
-    let (product, version) = server_identity(config, &uri).await?;
+    let settings =
+        TlsSettings::from_config(config).map_err(|e| CheckFailure::Tls(e.to_string()))?;
+    let transport =
+        Transport::new(&uri, &settings).map_err(|e| CheckFailure::Tls(e.to_string()))?;
+    let (product, version, session) = server_identity(config, &uri, &transport).await?;
+    let tls = session.map(|session| TlsReport {
+        library: "rustls",
+        protocol: session.protocol,
+        cipher: session.cipher,
+        verified_with: settings.roots(),
+        client_certificate: settings.client_certificate(),
+    });
     let topology = Topology::from_config(config);
-    let api = Api::new(config, &uri, management_url)?;
+    let api = Api::new(config, &uri, management_url, &settings)?;
     let before = api.before_connect(&topology).await;
     // A refusal the permissions explain is reported as such (exit code 5), with what to run.
     let insufficient = before
@@ -258,6 +303,8 @@ pub async fn run(
             url,
             product,
             version,
+            transport: if tls.is_some() { "tls" } else { "plain" },
+            tls,
             prefix: topology.prefix.clone(),
             exchange: topology.exchange(),
             exchange_present: before.exchange_present,
@@ -274,6 +321,14 @@ pub async fn run(
             mismatches: Vec::new(),
             notes: before.notes,
         };
+        if transport.is_tls() && api.base.starts_with("http://") {
+            report.notes.push(
+                "the management API is read over plain HTTP: the AMQP credentials travel to it \
+                 unencrypted; give an https:// --management-url (RabbitMQ's HTTPS listener, usually \
+                 port 15671)"
+                    .into(),
+            );
+        }
         let mut listed = false;
         if report.management.reachable {
             match api.postboxes(&topology).await {
@@ -428,8 +483,13 @@ async fn round_trip(broker: &Broker) -> Result<f64, BrokerError> {
 }
 
 /// Reads the broker's `product` and `version` from the `connection.start` frame of a bare handshake
-/// (lapin does not expose the server properties).
-async fn server_identity(config: &Config, uri: &AMQPUri) -> Result<(String, String), CheckFailure> {
+/// (lapin does not expose the server properties), over the same transport as the service's connections:
+/// for `amqps://` a verified TLS handshake first, whose parameters are returned too.
+async fn server_identity(
+    config: &Config,
+    uri: &AMQPUri,
+    transport: &Transport,
+) -> Result<(String, String, Option<TlsSession>), CheckFailure> {
     let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
     let unreachable = |why: String| {
         CheckFailure::Unreachable(format!(
@@ -438,23 +498,46 @@ async fn server_identity(config: &Config, uri: &AMQPUri) -> Result<(String, Stri
         ))
     };
     let handshake = async {
-        let mut stream = tokio::net::TcpStream::connect(&addr).await?;
-        stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
-        let mut header = [0u8; 7];
-        stream.read_exact(&mut header).await?;
-        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
-        if header[0] != 1 || size > 1 << 20 {
-            return Err(std::io::Error::other("not an AMQP 0-9-1 server"));
-        }
-        let mut frame = header.to_vec();
-        frame.resize(7 + size + 1, 0);
-        stream.read_exact(&mut frame[7..]).await?;
-        Ok::<_, std::io::Error>(frame)
+        let runtime = async_rs::Runtime::tokio_current();
+        let connected = transport.connect(uri, &runtime).await;
+        let mut stream = connected.map_err(|e| match tls::failure_in(&e) {
+            Some(message) => CheckFailure::Tls(message),
+            None => unreachable(e.to_string()),
+        })?;
+        let session = transport.last_session();
+        let exchange = async {
+            stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
+            stream.flush().await?;
+            let mut header = [0u8; 7];
+            stream.read_exact(&mut header).await?;
+            let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+            if header[0] != 1 || size > 1 << 20 {
+                return Err(std::io::Error::other("not an AMQP 0-9-1 server"));
+            }
+            let mut frame = header.to_vec();
+            frame.resize(7 + size + 1, 0);
+            stream.read_exact(&mut frame[7..]).await?;
+            Ok(frame)
+        };
+        let frame = exchange.await.map_err(|e| {
+            // After a completed TLS handshake: an alert, or a drop that stands for one.
+            let tls_refusal = tls::failure_in(&e).or_else(|| {
+                transport
+                    .is_tls()
+                    .then(|| tls::dropped_after_handshake(&addr, &e))
+                    .flatten()
+            });
+            match tls_refusal {
+                Some(message) => CheckFailure::Tls(message),
+                None => unreachable(e.to_string()),
+            }
+        })?;
+        let _ = stream.close().await;
+        Ok::<_, CheckFailure>((frame, session))
     };
-    let frame = tokio::time::timeout(config.backend_timeout(), handshake)
+    let (frame, session) = tokio::time::timeout(config.backend_timeout(), handshake)
         .await
-        .map_err(|_| unreachable("no answer".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|_| unreachable("no answer".into()))??;
     let props = match parse_frame(frame.as_slice()) {
         Ok((_, AMQPFrame::Method(_, AMQPClass::Connection(AMQPMethod::Start(start))))) => {
             start.server_properties
@@ -466,7 +549,7 @@ async fn server_identity(config: &Config, uri: &AMQPUri) -> Result<(String, Stri
         Some(other) => format!("{other:?}"),
         None => "unknown".into(),
     };
-    Ok((text("product"), text("version")))
+    Ok((text("product"), text("version"), session))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -483,6 +566,8 @@ struct Api {
     /// The AMQP user, whose permissions matter.
     amqp_user: String,
     vhost: String,
+    /// What an `https://` base's certificate is verified against.
+    roots: String,
 }
 
 /// Why a management API request failed.
@@ -490,6 +575,8 @@ struct Api {
 enum ApiError {
     /// No HTTP answer (refused, timed out, not HTTP).
     Transport(String),
+    /// The TLS handshake with an `https://` management API failed: rustls's reason, what to do.
+    Tls(String, String),
     /// An HTTP answer other than 2xx.
     Status(u16, String),
     /// A 2xx answer that is not the expected JSON.
@@ -500,6 +587,7 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApiError::Transport(m) => f.write_str(m),
+            ApiError::Tls(m, _) => write!(f, "TLS handshake failed: {m}"),
             ApiError::Status(code, reason) if reason.is_empty() => write!(f, "HTTP {code}"),
             ApiError::Status(code, reason) => write!(f, "HTTP {code}: {reason}"),
             ApiError::Body(m) => write!(f, "unexpected answer: {m}"),
@@ -512,6 +600,7 @@ impl Api {
         config: &Config,
         uri: &AMQPUri,
         management_url: Option<&str>,
+        tls: &TlsSettings,
     ) -> Result<Self, CheckFailure> {
         let (mut user, mut password) = (
             uri.authority.userinfo.username.clone(),
@@ -520,10 +609,14 @@ impl Api {
         let base = match management_url {
             None => {
                 let host = &uri.authority.host;
+                let (scheme, port) = match uri.scheme {
+                    amq_protocol::uri::AMQPScheme::AMQP => ("http", MANAGEMENT_PORT),
+                    amq_protocol::uri::AMQPScheme::AMQPS => ("https", MANAGEMENT_TLS_PORT),
+                };
                 if host.contains(':') && !host.starts_with('[') {
-                    format!("http://[{host}]:{MANAGEMENT_PORT}") // an IPv6 address
+                    format!("{scheme}://[{host}]:{port}") // an IPv6 address
                 } else {
-                    format!("http://{host}:{MANAGEMENT_PORT}")
+                    format!("{scheme}://{host}:{port}")
                 }
             }
             Some(given) => {
@@ -546,10 +639,19 @@ impl Api {
             }
         };
         let timeout = config.backend_timeout();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .no_proxy()
+            .no_proxy();
+        if base.starts_with("https://") {
+            // The same trust anchors and client certificate as AMQP, and rustls only.
+            let mut tls_config = tls
+                .client_config()
+                .map_err(|e| CheckFailure::Tls(e.to_string()))?;
+            tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            http = http.use_preconfigured_tls(tls_config);
+        }
+        let http = http
             .build()
             .map_err(|e| CheckFailure::Other(format!("cannot build an HTTP client: {e}")))?;
         let vhost = if uri.vhost.is_empty() {
@@ -564,6 +666,7 @@ impl Api {
             password,
             amqp_user: uri.authority.userinfo.username.clone(),
             vhost,
+            roots: tls.roots(),
         })
     }
 
@@ -587,7 +690,10 @@ impl Api {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| ApiError::Transport(transport_reason(&e)))?;
+            .map_err(|e| match tls::rustls_failure_in(&e) {
+                Some((reason, hint)) => ApiError::Tls(reason, hint),
+                None => ApiError::Transport(transport_reason(&e)),
+            })?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
@@ -682,6 +788,10 @@ impl Api {
             ApiError::Transport(_) => {
                 "enable it with `rabbitmq-plugins enable rabbitmq_management`".into()
             }
+            ApiError::Tls(_, hint) => format!(
+                "{hint} (the management API's certificate is verified like the AMQP one, against {})",
+                self.roots
+            ),
         });
         management.error = Some(e.to_string());
     }

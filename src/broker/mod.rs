@@ -10,6 +10,7 @@
 pub mod check;
 pub mod pool;
 pub mod postbox;
+pub mod tls;
 pub mod topology;
 
 use std::{
@@ -40,6 +41,11 @@ pub enum BrokerError {
     /// The broker cannot be reached or the connection dropped.
     #[error("RabbitMQ unavailable: {0}")]
     Unavailable(String),
+    /// The TLS connection could not be set up: a handshake that failed (certificate not trusted, wrong
+    /// host name, not a TLS port, client certificate refused) or TLS files that cannot be used. Never
+    /// answered by falling back to plain text.
+    #[error("{0}")]
+    Tls(String),
     /// The broker refused the credentials or the vhost.
     #[error("RabbitMQ refused access: {0}")]
     AccessRefused(String),
@@ -71,6 +77,7 @@ impl BrokerError {
     pub fn reason(&self) -> &'static str {
         match self {
             BrokerError::Unavailable(_) => "unavailable",
+            BrokerError::Tls(_) => "tls",
             BrokerError::AccessRefused(_) => "access_refused",
             BrokerError::Timeout(_) => "timeout",
             BrokerError::NotFound(_) => "not_found",
@@ -83,6 +90,9 @@ impl BrokerError {
 
     /// Classifies a lapin error; `what` names the object involved (queue, exchange, operation).
     pub fn classify(err: lapin::Error, what: &str) -> Self {
+        if let Some(message) = tls::failure_in(&err) {
+            return BrokerError::Tls(message);
+        }
         match err.kind() {
             ErrorKind::ProtocolError(amqp) => match amqp.get_id() {
                 404 => BrokerError::NotFound(what.to_owned()),
@@ -120,7 +130,7 @@ pub struct Broker {
 
 struct Inner {
     topology: Topology,
-    connections: deadpool_lapin::Pool,
+    connections: pool::ConnectionPool,
     publishers: pool::ChannelPool,
     /// Plain channels for declares, binds and deletes; the pool size bounds how many run at once.
     declarers: pool::ChannelPool,
@@ -146,7 +156,9 @@ impl Broker {
     ) -> Result<Self, BrokerError> {
         let timeout = config.backend_timeout();
         let topology = Topology::from_config(config);
-        let connections = pool::connection_pool(&config.amqp_url, timeout)?;
+        let tls =
+            tls::TlsSettings::from_config(config).map_err(|e| BrokerError::Tls(e.to_string()))?;
+        let connections = pool::connection_pool(&config.amqp_url, &tls, timeout)?;
         let publishers =
             pool::channel_pool(connections.clone(), config.publish_channels, timeout, true)?;
         let declarers = pool::channel_pool(connections.clone(), DECLARE_CHANNELS, timeout, false)?;
@@ -188,6 +200,16 @@ impl Broker {
             )),
             other => other,
         })?;
+        match broker.tls_session() {
+            Some(session) => tracing::info!(
+                url = %url,
+                tls = %session,
+                roots = %tls.roots(),
+                client_certificate = tls.client_certificate(),
+                "connected to RabbitMQ over TLS (rustls)"
+            ),
+            None => tracing::info!(url = %url, "connected to RabbitMQ (plain TCP, not encrypted)"),
+        }
         broker
             .with_timeout(topology::declare_exchange(&channel, broker.topology()))
             .await?;
@@ -221,7 +243,7 @@ impl Broker {
             .unwrap_or(Err(BrokerError::Timeout(self.inner.timeout)));
         let down = matches!(
             result,
-            Err(BrokerError::Unavailable(_) | BrokerError::Timeout(_))
+            Err(BrokerError::Unavailable(_) | BrokerError::Timeout(_) | BrokerError::Tls(_))
         );
         self.inner
             .unhealthy
@@ -535,6 +557,11 @@ impl Broker {
         let channel = self.disposable_channel().await?;
         close_quietly(channel).await;
         Ok(())
+    }
+
+    /// The parameters of the latest TLS handshake with RabbitMQ (`None`: plain TCP, or none yet).
+    pub fn tls_session(&self) -> Option<tls::TlsSession> {
+        self.inner.connections.manager().transport().last_session()
     }
 
     /// Stops the consumers (their unacknowledged events go back to their postboxes) and closes the

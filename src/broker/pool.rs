@@ -1,21 +1,40 @@
 //! Connection and channel pools.
 //!
-//! deadpool-lapin pools **connections** (a few TCP connections, multiplexed). On top of it,
-//! [`ChannelManager`] pools channels: **publishing channels** in confirm mode, and plain channels for
+//! [`ConnectionManager`] pools **connections** (a few TCP or TLS connections, multiplexed), each opened
+//! through the [`Transport`] the URL asks for (deadpool-lapin's manager cannot pass a TLS
+//! configuration, so Postbox has its own). On top of it, [`ChannelManager`] pools channels: **publishing channels** in confirm mode, and plain channels for
 //! declares (whose pool size also bounds how many declares run at once, so a herd of first polls after
 //! a restart queues in Postbox instead of swamping RabbitMQ). A channel that errored is never returned
 //! to the pool ([`discard`]); recycling drops channels the broker closed (a failed declare closes its
 //! channel).
 
-use std::time::Duration;
+use std::{
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use deadpool_lapin::Runtime;
-use lapin::{Channel, ConnectionProperties, options::ConfirmSelectOptions};
+use amq_protocol::uri::AMQPUri;
+use deadpool::{
+    Runtime,
+    managed::{self, Metrics, RecycleError, RecycleResult},
+};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, options::ConfirmSelectOptions};
 
-use super::BrokerError;
+use super::{
+    BrokerError,
+    tls::{self, TlsSettings, Transport},
+};
+use crate::config::redact_url;
 
+pub type ConnectionPool = managed::Pool<ConnectionManager>;
 pub type ChannelPool = managed::Pool<ChannelManager>;
+
+/// Connections in the pool: a few, multiplexed (RabbitMQ copes badly with many, see BROKER-NOTES).
+const CONNECTIONS: usize = 4;
 
 /// The AMQP frame size Postbox proposes unless the URL sets `frame_max`. lapin keeps two buffers of 32
 /// frames per connection; with RabbitMQ's default (128 KiB) that is 8 MiB a connection, with this 1 MiB.
@@ -31,24 +50,98 @@ fn with_frame_max(url: &str) -> String {
     format!("{url}{sep}frame_max={FRAME_MAX}")
 }
 
-/// Builds the connection pool (no connection is opened until first use).
-pub fn connection_pool(url: &str, timeout: Duration) -> Result<deadpool_lapin::Pool, BrokerError> {
-    let mut cfg = deadpool_lapin::Config {
-        url: Some(with_frame_max(url)),
-        ..Default::default()
-    };
-    let mut pool_cfg = deadpool_lapin::PoolConfig::new(4);
-    pool_cfg.timeouts.wait = Some(timeout);
-    pool_cfg.timeouts.create = Some(timeout);
-    pool_cfg.timeouts.recycle = Some(timeout);
-    cfg.pool = Some(pool_cfg);
-    cfg.create_pool(ConnectionProperties::default, Runtime::Tokio1)
+/// Opens AMQP connections to one URL through its [`Transport`] (TLS for `amqps://`, never plain).
+pub struct ConnectionManager {
+    uri: AMQPUri,
+    transport: Transport,
+}
+
+impl ConnectionManager {
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.uri.authority.host, self.uri.authority.port)
+    }
+}
+
+impl managed::Manager for ConnectionManager {
+    type Type = Connection;
+    type Error = BrokerError;
+
+    async fn create(&self) -> Result<Connection, BrokerError> {
+        let transport = self.transport.clone();
+        let handshake_done = Arc::new(AtomicBool::new(false));
+        let done = handshake_done.clone();
+        // lapin calls this for the first connect and for every reconnect of the connection.
+        let connect = async move |uri: AMQPUri, runtime| {
+            let stream = transport
+                .connect(&uri, &runtime)
+                .await
+                .map_err(lapin::Error::from)?;
+            done.store(true, Ordering::Relaxed);
+            Ok(stream)
+        };
+        // Boxed, as deadpool-lapin does: lapin's connect future is large, and polled inline at the
+        // bottom of a request's future (a publish that needs a new connection) it overflowed a 2 MiB
+        // thread stack in debug builds.
+        Box::pin(Connection::connector(
+            self.uri.clone(),
+            async_rs::Runtime::tokio_current(),
+            connect,
+            ConnectionProperties::default(),
+        ))
+        .await
+        .map_err(|e| {
+            // A TLS connection dropped before AMQP began: a refusal of the TLS session, not an outage.
+            if self.transport.is_tls()
+                && handshake_done.load(Ordering::Relaxed)
+                && let ErrorKind::IOError(io) = e.kind()
+                && let Some(message) = tls::dropped_after_handshake(&self.addr(), io)
+            {
+                return BrokerError::Tls(message);
+            }
+            BrokerError::classify(e, "connection")
+        })
+    }
+
+    async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<BrokerError> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection closed"))
+        }
+    }
+}
+
+/// Builds the connection pool (no connection is opened until first use). `tls` comes from
+/// [`TlsSettings::from_config`]; the rustls configuration (trust store included) is built here, once.
+pub fn connection_pool(
+    url: &str,
+    tls: &TlsSettings,
+    timeout: Duration,
+) -> Result<ConnectionPool, BrokerError> {
+    let uri = AMQPUri::from_str(&with_frame_max(url)).map_err(|e| {
+        BrokerError::Unavailable(format!(
+            "AMQP_URL {} is not a valid AMQP URL: {e}",
+            redact_url(url)
+        ))
+    })?;
+    let transport = Transport::new(&uri, tls).map_err(|e| BrokerError::Tls(e.to_string()))?;
+    managed::Pool::builder(ConnectionManager { uri, transport })
+        .max_size(CONNECTIONS)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
         .map_err(|e| BrokerError::Unavailable(format!("cannot build the connection pool: {e}")))
 }
 
 /// Creates channels on pooled connections, in confirm mode or plain.
 pub struct ChannelManager {
-    connections: deadpool_lapin::Pool,
+    connections: ConnectionPool,
     confirms: bool,
     timeout: Duration,
 }
@@ -83,7 +176,7 @@ impl managed::Manager for ChannelManager {
 
 /// Builds a channel pool: publishing channels (`confirms`) or plain ones for declares.
 pub fn channel_pool(
-    connections: deadpool_lapin::Pool,
+    connections: ConnectionPool,
     size: usize,
     timeout: Duration,
     confirms: bool,

@@ -56,7 +56,7 @@ pub struct Hub {
 }
 
 struct HubInner {
-    connections: deadpool_lapin::Pool,
+    connections: pool::ConnectionPool,
     prefetch: u16,
     linger: Duration,
     timeout: Duration,
@@ -125,7 +125,7 @@ struct SlotState {
 
 impl Hub {
     pub(super) fn new(
-        connections: deadpool_lapin::Pool,
+        connections: pool::ConnectionPool,
         prefetch: u16,
         linger: Duration,
         timeout: Duration,

@@ -22,4 +22,5 @@ mod poll;
 mod sse;
 mod support;
 mod text;
+mod tls;
 mod tokens;
