@@ -5,8 +5,8 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    attachments::AttachmentStore, broker::Broker, clients::Clients, config::Config, outbox::Outbox,
-    presence::Presence, ratelimit::RateLimiter,
+    broker::Broker, chat::attachments::AttachmentStore, config::Config, delivery::clients::Clients,
+    delivery::outbox::Outbox, delivery::presence::Presence, limits::RateLimiter,
 };
 
 /// Database, broker and configuration, cloned into every handler (all fields are cheap handles).
@@ -23,19 +23,19 @@ pub struct AppState {
     /// Typing events per sender.
     pub typing_limit: RateLimiter,
     /// Typing signals per sender and receiver that reach the receiver's postbox.
-    pub typing_signals: crate::throttle::Throttle<(i64, i64), bool>,
+    pub typing_signals: crate::limits::throttle::Throttle<(i64, i64), bool>,
     /// Messages per sender.
     pub send_limit: RateLimiter,
     /// Long polls and event streams held now per user.
-    pub poll_slots: crate::ratelimit::PollSlots,
+    pub poll_slots: crate::limits::PollSlots,
     /// Polls waiting now, by token digest, so a revoked token ends them at once.
-    pub waiting: crate::control::Waiting,
+    pub waiting: crate::delivery::waiting::Waiting,
     /// Tokens authenticated lately, so most polls skip the token query.
-    pub tokens: crate::auth::TokenCache,
+    pub tokens: crate::accounts::tokens::TokenCache,
     /// Token queries of many requests, run together.
-    pub token_lookups: crate::auth::TokenLookups,
+    pub token_lookups: crate::accounts::tokens::TokenLookups,
     /// Gap queries of many first polls, run together.
-    pub gap_lookups: crate::gaps::GapLookups,
+    pub gap_lookups: crate::delivery::gaps::GapLookups,
     /// Chat messages, stored with group commit.
     pub messages: crate::chat::Messages,
     /// User ids known to exist (users are never deleted).

@@ -2,14 +2,14 @@
 //! confirms, and the consumers behind the long poll.
 //!
 //! - [`Broker`] owns one deadpool-lapin connection pool, a pool of confirm-mode publishing channels
-//!   ([`pool::ChannelManager`]), the per-process cache of declared postboxes, and the [`postbox::Hub`] of
+//!   ([`pool::ChannelManager`]), the per-process cache of declared postboxes, and the [`hub::Hub`] of
 //!   consumers that long polls wait on.
 //! - Nothing here knows HTTP or SQL. Every broker wait has a deadline ([`Broker::timeout`]), and every
 //!   failure is a [`BrokerError`] the HTTP layer maps to 503 with a message naming what to do.
 
-pub mod check;
+pub mod control;
+pub mod hub;
 pub mod pool;
-pub mod postbox;
 pub mod tls;
 pub mod topology;
 
@@ -142,7 +142,7 @@ struct Inner {
     /// AMQP delivery mode of broadcasts: 2 persistent, 1 transient (`POSTBOX_BROADCAST_DELIVERY`).
     broadcast_mode: u8,
     timeout: Duration,
-    hub: postbox::Hub,
+    hub: hub::Hub,
     /// Set when an operation failed because RabbitMQ was unreachable; cleared by the next success.
     unhealthy: std::sync::atomic::AtomicBool,
 }
@@ -164,7 +164,7 @@ impl Broker {
         let declarers = pool::channel_pool(connections.clone(), DECLARE_CHANNELS, timeout, false)?;
         let broker = Broker {
             inner: Arc::new(Inner {
-                hub: postbox::Hub::new(
+                hub: hub::Hub::new(
                     connections.clone(),
                     u16::try_from(config.queue_max_length.min(u32::from(u16::MAX)))
                         .unwrap_or(u16::MAX),
@@ -225,7 +225,7 @@ impl Broker {
         &self.inner.topology
     }
 
-    pub fn hub(&self) -> &postbox::Hub {
+    pub fn hub(&self) -> &hub::Hub {
         &self.inner.hub
     }
 

@@ -67,7 +67,7 @@ impl Topology {
         format!("{}.deadletter", self.prefix)
     }
 
-    /// …into one queue, read by every Postbox instance to record gaps (`crate::gaps`).
+    /// …into one queue, read by every Postbox instance to record gaps (`crate::delivery::gaps`).
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.deadletters", self.prefix)
     }

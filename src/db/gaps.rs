@@ -1,4 +1,4 @@
-//! Recorded gaps per postbox queue (see `crate::gaps`).
+//! Recorded gaps per postbox queue (see `crate::delivery::gaps`).
 
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};

@@ -28,7 +28,7 @@ pub struct NewNotification {
     pub created_by: Option<i64>,
 }
 
-/// Stores a notification and, in the same transaction, the event announcing it (see `crate::outbox`).
+/// Stores a notification and, in the same transaction, the event announcing it (see `crate::delivery::outbox`).
 pub async fn create(
     db: &DatabaseConnection,
     new: NewNotification,

@@ -21,7 +21,7 @@ pub struct NewUser {
 }
 
 /// Creates a user and its first API token in one transaction. `key_hash` and `prefix` come from
-/// [`crate::auth::TokenSecret`]; the clear token never reaches this module.
+/// [`crate::accounts::tokens::TokenSecret`]; the clear token never reaches this module.
 pub async fn create_with_token(
     db: &DatabaseConnection,
     new: NewUser,
@@ -75,7 +75,7 @@ pub struct LiveToken {
 }
 
 /// The live (not revoked, not expired) tokens among these digests, with their users and expiry. One
-/// statement (a join) for the lookups of many requests (see `crate::auth::TokenLookups`).
+/// statement (a join) for the lookups of many requests (see `crate::accounts::tokens::TokenLookups`).
 pub async fn find_by_token_hashes(
     db: &DatabaseConnection,
     key_hashes: &[&str],

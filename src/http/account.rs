@@ -4,7 +4,7 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::AuthUser,
+    accounts::tokens::AuthUser,
     error::{AppError, ErrorBody},
     events::UserView,
     state::AppState,

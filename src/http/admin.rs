@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    accounts::tokens::{AuthUser, Role},
     accounts::{self, CreatedUser},
-    auth::{AuthUser, Role},
     error::{AppError, ErrorBody},
     events::UserView,
     http::{

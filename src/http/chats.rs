@@ -12,8 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    attachments::{self, Upload},
-    auth::AuthUser,
+    accounts::tokens::AuthUser,
+    chat::attachments::{self, Upload},
+    chat::text,
     chat::{
         self, ConversationView, HistoryPage, MarkRead, MarkReadResult, OnlineUsers, UnreadCounts,
     },
@@ -25,7 +26,6 @@ use crate::{
         extract::{Json, Query, parse_json, query_time, read_body},
     },
     state::AppState,
-    text,
 };
 
 pub fn router(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {

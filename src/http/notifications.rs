@@ -1,5 +1,5 @@
 //! `/api/v1/communication/notifications/...` (stored notifications) and `/api/v1/publish/` (the host
-//! applications' publish API). The logic lives in [`crate::notifications`] and [`crate::publish`].
+//! applications' publish API). The logic lives in [`crate::notify`] and [`crate::notify::publish`].
 
 use axum::{
     extract::{Path, State},
@@ -10,17 +10,17 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{AuthUser, ServiceCaller},
+    accounts::tokens::{AuthUser, ServiceCaller},
+    chat::text,
     error::{AppError, ErrorBody},
     http::{
         chats::{Id, Int},
         docs::{MAX_ID, id_schema, literal_schema},
         extract::{Json, Query},
     },
-    notifications::{self, Created, Draft, MarkedAll, NotificationPage, NotificationView, Target},
-    publish::{self, Published},
+    notify::publish::{self, Published},
+    notify::{self, Created, Draft, MarkedAll, NotificationPage, NotificationView, Target},
     state::AppState,
-    text,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -79,12 +79,12 @@ async fn list(
     let limit = match params.limit.as_deref() {
         None => 50,
         Some(l) => match l.trim().parse::<u64>() {
-            Ok(n) if (1..=notifications::MAX_PAGE).contains(&n) => n,
+            Ok(n) if (1..=notify::MAX_PAGE).contains(&n) => n,
             _ => return Err(AppError::field("limit", "must be an integer from 1 to 200")),
         },
     };
     Ok(axum::Json(
-        notifications::list(&state, &user, unread, before, limit).await?,
+        notify::list(&state, &user, unread, before, limit).await?,
     ))
 }
 
@@ -163,7 +163,7 @@ async fn create(
     caller: AuthUser,
     Json(body): Json<CreateBody>,
 ) -> Result<(StatusCode, axum::Json<Created>), AppError> {
-    caller.require(crate::auth::Role::Staff)?;
+    caller.require(crate::accounts::tokens::Role::Staff)?;
     let target = match (body.user_id, body.college_id) {
         (Some(user), None) => Target::User(user.parse("user_id")?),
         (None, Some(college)) => Target::College(
@@ -177,7 +177,7 @@ async fn create(
             ));
         }
     };
-    let created = notifications::create_as(
+    let created = notify::create_as(
         &state,
         &caller,
         Draft {
@@ -213,9 +213,7 @@ async fn mark_read(
     Path(id): Path<String>,
 ) -> Result<axum::Json<NotificationView>, AppError> {
     let id = Id::Text(id).parse("id")?;
-    Ok(axum::Json(
-        notifications::mark_read(&state, &user, id).await?,
-    ))
+    Ok(axum::Json(notify::mark_read(&state, &user, id).await?))
 }
 
 /// Mark every notification of the caller read.
@@ -234,9 +232,7 @@ async fn mark_all_read(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<axum::Json<MarkedAll>, AppError> {
-    Ok(axum::Json(
-        notifications::mark_all_read(&state, &user).await?,
-    ))
+    Ok(axum::Json(notify::mark_all_read(&state, &user).await?))
 }
 
 /// An event from a host application.

@@ -19,12 +19,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{AuthUser, PollingUser},
-    broker::postbox::Lease,
+    accounts::tokens::{AuthUser, PollingUser},
+    broker::hub::Lease,
     error::{AppError, ErrorBody},
     events::{Event, kind, unix_now},
     http::extract::{Query, parse_json},
-    ratelimit::PollSlot,
+    limits::PollSlot,
     state::AppState,
     telemetry::names,
 };
@@ -124,11 +124,9 @@ async fn events(
     let slot = state.poll_slots.acquire(user.id)?;
     // Boxed: the database work of opening is large and done before the wait; inline, its future would
     // stay part of this handler's state for the whole hold.
-    let crate::clients::Opened { postbox, gap } = Box::pin(crate::clients::open(
-        &state,
-        &user,
-        params.client_id.as_deref(),
-    ))
+    let crate::delivery::clients::Opened { postbox, gap } = Box::pin(
+        crate::delivery::clients::open(&state, &user, params.client_id.as_deref()),
+    )
     .await?;
     // A gap is announced at once, with whatever the postbox holds right now.
     let deadline = tokio::time::Instant::now()
@@ -245,7 +243,7 @@ fn poll_response(
 ) -> Response {
     let resync = gap
         .as_ref()
-        .map(|g| crate::gaps::resync_event(g).to_bytes());
+        .map(|g| crate::delivery::gaps::resync_event(g).to_bytes());
     let mut body = Vec::with_capacity(64 + lease.payloads().map(<[u8]>::len).sum::<usize>());
     body.extend_from_slice(b"{\"events\":[");
     let payloads = || resync.iter().map(Vec::as_slice).chain(lease.payloads());

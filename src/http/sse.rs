@@ -25,9 +25,9 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::PollingUser,
-    broker::{Postbox, postbox::Lease},
-    control::WaitingGuard,
+    accounts::tokens::PollingUser,
+    broker::{Postbox, hub::Lease},
+    delivery::waiting::WaitingGuard,
     error::{AppError, ErrorBody},
     events::{Event, unix_now},
     http::docs::literal_schema,
@@ -154,11 +154,9 @@ async fn events(
     }
     // Counted against the user's cap until the stream ends or the client goes away.
     let slot = state.poll_slots.acquire(user.id)?;
-    let crate::clients::Opened { postbox, gap } = Box::pin(crate::clients::open(
-        &state,
-        &user,
-        params.client_id.as_deref(),
-    ))
+    let crate::delivery::clients::Opened { postbox, gap } = Box::pin(
+        crate::delivery::clients::open(&state, &user, params.client_id.as_deref()),
+    )
     .await?;
     let waiting = state.waiting.register(&key_hash, expires_at);
     let connected = record(
@@ -173,7 +171,7 @@ async fn events(
         .to_string(),
     );
     let resync = gap.as_ref().map(|g| {
-        let e = crate::gaps::resync_event(g);
+        let e = crate::delivery::gaps::resync_event(g);
         record(Some(&e.id), &e.event, &e.data.to_string())
     });
     let stream_state = Stream {
@@ -217,7 +215,7 @@ struct Stream {
     gap: Option<crate::db::entities::gap::Model>,
     waiting: WaitingGuard,
     ends_at: tokio::time::Instant,
-    _slot: crate::ratelimit::PollSlot,
+    _slot: crate::limits::PollSlot,
 }
 
 /// Produces the stream's next record; `None` ends it.

@@ -12,7 +12,8 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::AuthUser,
+    accounts::tokens::AuthUser,
+    chat::text,
     error::{AppError, ErrorBody},
     http::{
         chats::Id,
@@ -21,7 +22,6 @@ use crate::{
     },
     state::AppState,
     support::{self, Agent, StatusFilter, SupportChatView, SupportMessageView, SupportMessages},
-    text,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -97,7 +97,10 @@ async fn tokens_are_stored_hashed() {
     assert_eq!(rows.len(), 1);
     assert_ne!(rows[0].key_hash, bob.token);
     assert!(!rows[0].key_hash.contains(&bob.token));
-    assert_eq!(rows[0].key_hash, postbox::auth::hash_token(&bob.token));
+    assert_eq!(
+        rows[0].key_hash,
+        postbox::accounts::tokens::hash_token(&bob.token)
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_postbox");
 
 /// A second token of `user` that expires `in_ms` from now.
 async fn expiring_token(app: &crate::helpers::TestApp, user: &TestUser, in_ms: i64) -> TestUser {
-    let secret = postbox::auth::TokenSecret::generate();
+    let secret = postbox::accounts::tokens::TokenSecret::generate();
     let at = chrono::Utc::now() + chrono::Duration::milliseconds(in_ms);
     postbox::db::users::insert_token(&app.db, user.id, secret.key_hash, secret.prefix, Some(at))
         .await

@@ -222,7 +222,7 @@ impl TestApp {
     /// Creates a service token for the publish API directly in the database (as
     /// `postbox service-tokens create` does); returns its id and key.
     pub async fn service_token(&self, name: &str) -> (i64, String) {
-        let secret = postbox::auth::ServiceCaller::generate();
+        let secret = postbox::accounts::tokens::ServiceCaller::generate();
         let row = postbox::db::notifications::create_service_token(
             &self.db,
             name,

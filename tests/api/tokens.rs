@@ -149,7 +149,7 @@ async fn tokens_are_listed_created_with_expiry_and_revoked_one_by_one() {
 async fn an_expired_token_is_refused() {
     let app = spawn_app().await;
     let bob = app.member("bob").await;
-    let secret = postbox::auth::TokenSecret::generate();
+    let secret = postbox::accounts::tokens::TokenSecret::generate();
     let past = chrono::Utc::now() - chrono::Duration::seconds(1);
     postbox::db::users::insert_token(&app.db, bob.id, secret.key_hash, secret.prefix, Some(past))
         .await
@@ -219,7 +219,11 @@ async fn concurrent_token_lookups_each_get_their_own_answer() {
     let out = postbox(&app, &["tokens", "revoke", "--username", "bob"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let state = app.state().await;
-    let find = |key: &str| state.token_lookups.find(postbox::auth::hash_token(key));
+    let find = |key: &str| {
+        state
+            .token_lookups
+            .find(postbox::accounts::tokens::hash_token(key))
+    };
     let unknown = "0".repeat(40);
     // One runtime thread: all five are queued before the query runs, so one query answers them.
     let (a, b, c, a_again, nobody) = tokio::join!(

@@ -4,14 +4,17 @@
 //! published after the commit. Ephemeral signals (typing, delivery and presence notices) are published
 //! directly, best effort, with a short per-message expiration.
 
+pub mod attachments;
+pub mod text;
+
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use serde_json::json;
 
+use self::attachments::{Download, FileType, Upload};
 use crate::{
-    attachments::{self, Download, FileType, Upload},
-    auth::AuthUser,
+    accounts::tokens::AuthUser,
     broker::{Broker, user_routing_key},
     db::{
         self, DbError,
@@ -22,12 +25,11 @@ use crate::{
         },
         entities::{chat_message, conversation, user},
     },
+    delivery::outbox::Outbox,
     error::AppError,
     events::{Event, MessageView, kind, rfc3339},
-    outbox::Outbox,
+    limits::throttle::Offer,
     state::AppState,
-    text,
-    throttle::Offer,
 };
 
 /// The largest history page.

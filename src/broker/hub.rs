@@ -70,7 +70,7 @@ struct HubInner {
     broker: std::sync::OnceLock<std::sync::Weak<super::Inner>>,
     shutdown: CancellationToken,
     next_tag: AtomicU64,
-    /// Queues with a gap recorded by this process since their last poll (see `crate::gaps`).
+    /// Queues with a gap recorded by this process since their last poll (see `crate::delivery::gaps`).
     gap_flags: Mutex<std::collections::HashSet<String>>,
 }
 

@@ -1,10 +1,12 @@
 //! The `postbox` command line: `serve`, `migrate`, `create-user`, `check-rabbitmq`, `loadtest`.
 
+pub mod check_rabbitmq;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::{accounts, broker::check, config::Config, db};
+use crate::{accounts, config::Config, db};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -155,7 +157,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Ok(conn) => db::users::all_ids(&conn).await.ok(),
                 Err(_) => None,
             };
-            match check::run(&config, management_url.as_deref(), users).await {
+            match check_rabbitmq::run(&config, management_url.as_deref(), users).await {
                 Ok(report) => {
                     print_report(&report, json)?;
                     for problem in report.problems() {
@@ -178,7 +180,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn print_report(report: &check::Report, json: bool) -> anyhow::Result<()> {
+fn print_report(report: &check_rabbitmq::Report, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
@@ -361,7 +363,7 @@ async fn service_tokens(action: ServiceTokensAction) -> anyhow::Result<i32> {
             if name.is_empty() || name.chars().count() > 100 {
                 anyhow::bail!("--name must be 1 to 100 characters");
             }
-            let secret = crate::auth::ServiceCaller::generate();
+            let secret = crate::accounts::tokens::ServiceCaller::generate();
             let row = db::notifications::create_service_token(
                 &conn,
                 name,
@@ -489,7 +491,7 @@ async fn tokens(action: TokensAction) -> anyhow::Result<i32> {
         TokensAction::Create {
             expires_in_days, ..
         } => {
-            let secret = crate::auth::TokenSecret::generate();
+            let secret = crate::accounts::tokens::TokenSecret::generate();
             let expires_at = expires_in_days.map(|d| now + chrono::Duration::days(i64::from(d)));
             let row =
                 db::users::insert_token(&conn, user.id, secret.key_hash, secret.prefix, expires_at)
@@ -512,9 +514,9 @@ async fn tokens(action: TokensAction) -> anyhow::Result<i32> {
             } else {
                 match crate::broker::Broker::connect(&config, CancellationToken::new()).await {
                     Ok(broker) => {
-                        let sent = crate::control::send(
+                        let sent = crate::broker::control::send(
                             &broker,
-                            &crate::control::Control::TokenRevoked {
+                            &crate::broker::control::Control::TokenRevoked {
                                 key_hashes: hashes.clone(),
                             },
                         )

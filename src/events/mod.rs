@@ -19,7 +19,7 @@ pub mod kind {
     pub const PRESENCE: &str = "presence";
     /// Postbox's addition: the receiver's client got these messages (✓✓).
     pub const DELIVERED: &str = "delivered";
-    /// Postbox's addition: events were lost (see `crate::gaps`); reload state from the REST API.
+    /// Postbox's addition: events were lost (see `crate::delivery::gaps`); reload state from the REST API.
     pub const RESYNC: &str = "resync";
     /// A support desk message (seed 003): to the chat's user and to every agent.
     pub const SUPPORT_MESSAGE: &str = "support_message";

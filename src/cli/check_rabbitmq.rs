@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::broker::{
     Broker, BrokerError, Topology, close_quietly,
     tls::{self, TlsSession, TlsSettings, Transport},
     topology,

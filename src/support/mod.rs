@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    auth::{AuthUser, Role},
+    accounts::tokens::{AuthUser, Role},
     broker::{STAFF_ROUTING_KEY, user_routing_key},
     db::{
         self,

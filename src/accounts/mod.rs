@@ -1,9 +1,11 @@
 //! User provisioning, shared by `postbox create-user` and `POST /api/v1/admin/users/`.
 
+pub mod tokens;
+
 use serde::Serialize;
 
 use crate::{
-    auth::{Role, TokenSecret},
+    accounts::tokens::{Role, TokenSecret},
     db::{self, users::NewUser},
     error::AppError,
     events::UserView,
@@ -104,8 +106,9 @@ pub async fn create_user(
 /// Best effort: when RabbitMQ is unavailable the user exists all the same, and the first poll or the
 /// first event declares the postbox.
 pub async fn create_postbox(broker: &crate::broker::Broker, user: &UserView) {
-    let postbox = crate::broker::Postbox::user(user.id)
-        .with_groups(crate::clients::group_keys(user.college_id, &user.role));
+    let postbox = crate::broker::Postbox::user(user.id).with_groups(
+        crate::delivery::clients::group_keys(user.college_id, &user.role),
+    );
     if let Err(e) = broker.declare_postbox(&postbox).await {
         tracing::warn!(
             user_id = user.id,
@@ -187,17 +190,17 @@ pub async fn update_user(
     // Requests authenticated from now on see the change, here at once and in the other instances as
     // soon as they hear of it.
     state.tokens.forget_user(id);
-    if let Err(e) = crate::control::send(
+    if let Err(e) = crate::broker::control::send(
         &state.broker,
-        &crate::control::Control::UserChanged { user_id: id },
+        &crate::broker::control::Control::UserChanged { user_id: id },
     )
     .await
     {
         tracing::warn!(error = %e, user_id = id, "could not tell other instances that a user changed; their token caches expire it");
     }
     let (old, new) = (
-        crate::clients::groups_of(&before),
-        crate::clients::groups_of(&after),
+        crate::delivery::clients::groups_of(&before),
+        crate::delivery::clients::groups_of(&after),
     );
     if old != new {
         let topology = state.broker.topology();

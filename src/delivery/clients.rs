@@ -95,7 +95,8 @@ pub fn groups_of(user: &crate::db::entities::user::Model) -> Vec<String> {
 
 /// The group routing keys of a user in `college_id` with `role`.
 pub fn group_keys(college_id: Option<i64>, role: &str) -> Vec<String> {
-    let staff = crate::auth::Role::parse(role).is_some_and(|r| r >= crate::auth::Role::Staff);
+    let staff = crate::accounts::tokens::Role::parse(role)
+        .is_some_and(|r| r >= crate::accounts::tokens::Role::Staff);
     crate::broker::group_routing_keys(college_id, staff)
 }
 
@@ -126,7 +127,7 @@ pub async fn open(
     {
         db::gaps::record(&state.db, &queue, 0, None, "queue_deleted").await?;
     }
-    let gap = crate::gaps::pending(&state.gap_lookups, &state.broker, &queue).await?;
+    let gap = crate::delivery::gaps::pending(&state.gap_lookups, &state.broker, &queue).await?;
     state.presence.seen(user.id).await;
     Ok(Opened { postbox, gap })
 }

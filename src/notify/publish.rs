@@ -11,13 +11,13 @@
 use serde::Serialize;
 
 use crate::{
-    auth::ServiceCaller,
+    accounts::tokens::ServiceCaller,
     broker::college_routing_key,
     db::{self, notifications::Audience},
     error::AppError,
     events::{Event, kind},
     http::docs::MAX_ID,
-    notifications::{self, Draft, Target, check_size, valid_name},
+    notify::{Draft, Target, check_size, valid_name},
     state::AppState,
 };
 
@@ -188,12 +188,7 @@ async fn publish_notification(
     };
     let mut ids = Vec::with_capacity(targets.len());
     for t in targets {
-        ids.push(
-            notifications::create(state, draft(t), None)
-                .await?
-                .notification
-                .id,
-        );
+        ids.push(super::create(state, draft(t), None).await?.notification.id);
     }
     let (recipients, postboxes) = db::notifications::reach(&state.db, target).await?;
     tracing::info!(service = %caller.0.name, recipients, postboxes, "host notification published");

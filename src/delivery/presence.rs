@@ -22,7 +22,7 @@ use crate::{
     broker::Broker,
     db::{self, DbError, batch::Batcher},
     events::{Event, kind, rfc3339},
-    throttle::Throttle,
+    limits::throttle::Throttle,
 };
 
 /// How long refreshes of `online_until` wait to be written together (10 000 users polling write about

@@ -2,6 +2,8 @@
 //! rates (typing events and messages per sender, a fixed one-second window) and concurrency (long polls
 //! and event streams held at once per user, [`PollSlots`]).
 
+pub mod throttle;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},

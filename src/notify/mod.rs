@@ -6,14 +6,17 @@
 //! member's postbox (each postbox is bound to its college's key). Members list their notifications and
 //! mark them read, one by one or all at once.
 
+pub mod publish;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    auth::{AuthUser, Role},
+    accounts::tokens::{AuthUser, Role},
     broker::{college_routing_key, user_routing_key},
     chat::publish_committed,
+    chat::text,
     db::{
         self,
         entities::{notification, user},
@@ -23,7 +26,6 @@ use crate::{
     events::{Event, kind, rfc3339},
     http::docs::MAX_ID,
     state::AppState,
-    text,
 };
 
 /// The longest title.
