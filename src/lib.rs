@@ -12,7 +12,6 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod delivery;
-pub mod error;
 pub mod events;
 pub mod http;
 pub mod limits;
@@ -22,5 +21,6 @@ pub mod notify;
 pub mod state;
 pub mod support;
 pub mod telemetry;
+pub mod validate;
 
-pub use app::{RunError, connect, run};
+pub use app::{RunError, Service, connect, run};

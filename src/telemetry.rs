@@ -46,6 +46,8 @@ pub mod names {
     /// consumer was still attaching, RabbitMQ busy), `disconnected`, `error`, `revoked`, `expired`
     /// (the token expired while the poll waited).
     pub const POLL_OUTCOMES: &str = "postbox_poll_outcomes_total";
+    /// Counter: background tasks started again after they ended before shutdown, by `task`.
+    pub const TASK_RESTARTS: &str = "postbox_background_task_restarts_total";
     /// Histogram: seconds from an event's creation to its hand-over to a client.
     pub const DELIVERY_LATENCY: &str = "postbox_delivery_latency_seconds";
     /// Counter: publishing-path postbox checks, by `result`: `hit` (cached, no declare) or `miss`.

@@ -1,8 +1,8 @@
-//! Who is calling: API tokens (generation, hashing) and the extractor that authenticates a request.
+//! Tokens and roles: generation and hashing of user and service tokens, the cache of tokens
+//! authenticated lately, and the grouped token lookups.
 //!
 //! A token is 40 random hex characters, shown once when created; the database keeps its SHA-256 digest.
-//! Requests carry it as `Authorization: Token <key>` (or `Bearer <key>`) or `?token=<key>` (the seeds'
-//! contract, for `EventSource` and `sendBeacon`, which cannot set headers). Tokens are never logged.
+//! Tokens are never logged. How a request carries one is the HTTP layer's business (`crate::http::auth`).
 
 use std::{
     collections::HashMap,
@@ -10,21 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    extract::FromRequestParts,
-    http::{header, request::Parts},
-};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use sea_orm::DatabaseConnection;
 
-use crate::{
-    db::{self, batch::Lookups, entities::user, users::LiveToken},
-    error::AppError,
-    state::AppState,
-};
+use crate::db::{self, batch::Lookups, entities::user, users::LiveToken};
 
 /// Roles, from least to most privileged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,6 +34,11 @@ impl Role {
             "admin" => Some(Role::Admin),
             _ => None,
         }
+    }
+
+    /// A user's role (an unknown one counts as member).
+    pub fn of(user: &user::Model) -> Role {
+        Role::parse(&user.role).unwrap_or(Role::Member)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -83,145 +80,14 @@ pub fn hash_token(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// The authenticated user of a request.
+/// An authenticated user and the token they authenticated with.
 #[derive(Debug, Clone)]
-pub struct AuthUser(pub user::Model);
-
-impl AuthUser {
-    pub fn role(&self) -> Role {
-        Role::parse(&self.0.role).unwrap_or(Role::Member)
-    }
-
-    pub fn require(&self, role: Role) -> Result<(), AppError> {
-        if self.role() >= role {
-            Ok(())
-        } else {
-            Err(AppError::Forbidden(format!(
-                "this action needs the {} role",
-                role.as_str()
-            )))
-        }
-    }
-}
-
-/// The token a request carries, from the header or the query string.
-pub fn token_from_parts(parts: &Parts) -> Option<String> {
-    if parts.headers.contains_key(header::AUTHORIZATION) {
-        return header_token(parts);
-    }
-    query_token(parts)
-}
-
-/// The token of the `Authorization: Token <key>` (or `Bearer <key>`) header.
-fn header_token(parts: &Parts) -> Option<String> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
-    let (scheme, key) = value.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
-        .then(|| key.trim().to_owned())
-}
-
-/// The token of the `?token=` query parameter.
-fn query_token(parts: &Parts) -> Option<String> {
-    parts.uri.query().and_then(|q| {
-        q.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == "token").then(|| v.to_owned())
-        })
-    })
-}
-
-/// The key a request carries, checked for shape: 401 when it is missing or cannot be a token.
-fn request_key(parts: &Parts) -> Result<String, AppError> {
-    let key = token_from_parts(parts).ok_or_else(|| {
-        AppError::Unauthorized(
-            "authentication credentials were not provided: send `Authorization: Token <key>` or `?token=<key>`"
-                .into(),
-        )
-    })?;
-    if key.is_empty() || key.len() > 128 {
-        return Err(AppError::Unauthorized("invalid token".into()));
-    }
-    Ok(key)
-}
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let key_hash = hash_token(&request_key(parts)?);
-        lookup(state, &key_hash, false)
-            .await
-            .map(|(user, _)| AuthUser(user))
-    }
-}
-
-/// The user of a long poll or an event stream, authenticated through the [`TokenCache`] (a client
-/// polls every few seconds: the token query would be most of an idle poll's cost).
-///
-/// Only for handlers that register in the waiting registry ([`crate::control::Waiting`]) with its
-/// `key_hash` before they hand out anything: a revocation that races with a cache hit is
-/// caught there (the registry remembers recent revocations), so a revoked token never receives events.
-/// Every other request authenticates against the database ([`AuthUser`]): a revoked token is refused
-/// the moment `postbox tokens revoke` committed.
-#[derive(Debug, Clone)]
-pub struct PollingUser {
+pub struct Caller {
     pub user: user::Model,
-    /// The digest of the token it authenticated with, for the waiting registry.
+    /// The token's digest, for the waiting registry (a revocation ends the polls waiting with it).
     pub key_hash: String,
-    /// When that token expires: a poll or stream still open then ends (401), as on a revocation.
+    /// When the token expires: a poll or stream still open then ends, as on a revocation.
     pub expires_at: Option<DateTime<Utc>>,
-}
-
-impl FromRequestParts<AppState> for PollingUser {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let key_hash = hash_token(&request_key(parts)?);
-        let (user, expires_at) = lookup(state, &key_hash, true).await?;
-        Ok(PollingUser {
-            user,
-            key_hash,
-            expires_at,
-        })
-    }
-}
-
-/// The user of a live token and the token's expiry: from the cache when `cached` and remembered
-/// there, else from the database (and then remembered, for the polling path).
-async fn lookup(
-    state: &AppState,
-    key_hash: &str,
-    cached: bool,
-) -> Result<(user::Model, Option<DateTime<Utc>>), AppError> {
-    if cached && let Some(found) = state.tokens.get(key_hash) {
-        return Ok(found);
-    }
-    let generation = state.tokens.generation();
-    let found = tokio::time::timeout(
-        state.config.backend_timeout(),
-        state.token_lookups.find(key_hash.to_owned()),
-    )
-    .await
-    .map_err(|_| {
-        db::DbError::Unavailable(
-            "token lookups are queued beyond the backend timeout: the database is slow or unreachable; retry"
-                .into(),
-        )
-    })??;
-    match found {
-        Some(token) => {
-            state
-                .tokens
-                .insert(token.key_hash, &token.user, token.expires_at, generation);
-            Ok((token.user, token.expires_at))
-        }
-        None => Err(AppError::Unauthorized("invalid token".into())),
-    }
 }
 
 /// Token lookups of many requests answered by one query ([`Lookups`]): a revoked token is still
@@ -370,51 +236,12 @@ impl TokenCache {
     }
 }
 
-/// A host application calling the publish API with a service token (`postbox service-tokens create`).
-#[derive(Debug, Clone)]
-pub struct ServiceCaller(pub crate::db::entities::service_token::Model);
-
 /// Prefix of service tokens, so a leaked one is recognisable and never mistaken for a user's token.
 pub const SERVICE_TOKEN_PREFIX: &str = "pbs_";
 
-impl ServiceCaller {
-    /// A new service token: `pbs_` and 40 random hex characters; the database keeps its digest.
-    pub fn generate() -> TokenSecret {
-        TokenSecret::generate_with_prefix(SERVICE_TOKEN_PREFIX)
-    }
-}
-
-impl FromRequestParts<AppState> for ServiceCaller {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        // The header only: a URL ends up in proxy and access logs, and a service token reaches every
-        // user. One sent in `?token=` is refused, even when it is valid.
-        let key = header_token(parts).ok_or_else(|| {
-            if query_token(parts).is_some() {
-                AppError::Unauthorized(
-                    "service tokens are accepted only in the `Authorization: Bearer <service token>` header, never in the URL (it ends up in logs); consider revoking this one (`postbox service-tokens revoke`)"
-                        .into(),
-                )
-            } else {
-                AppError::Unauthorized(
-                    "a service token is required: send `Authorization: Bearer <service token>` (create one with `postbox service-tokens create`)"
-                        .into(),
-                )
-            }
-        })?;
-        if !key.starts_with(SERVICE_TOKEN_PREFIX) || key.len() > 128 {
-            return Err(AppError::Unauthorized(
-                "invalid service token (user tokens cannot publish)".into(),
-            ));
-        }
-        match db::notifications::find_service_token(&state.db, &hash_token(&key)).await? {
-            Some(token) => Ok(ServiceCaller(token)),
-            None => Err(AppError::Unauthorized(
-                "invalid or revoked service token".into(),
-            )),
-        }
-    }
+/// A new service token: `pbs_` and 40 random hex characters; the database keeps its digest.
+pub fn generate_service_token() -> TokenSecret {
+    TokenSecret::generate_with_prefix(SERVICE_TOKEN_PREFIX)
 }
 
 #[cfg(test)]

@@ -1,25 +1,30 @@
-//! The service as a whole: [`connect`] builds its parts, [`run`] serves HTTP and supervises the
-//! background tasks until shutdown.
+//! The service as a whole: [`connect`] builds its parts (each domain service with the handles it
+//! needs), [`run`] serves HTTP and supervises the background tasks ([`tasks`]) until shutdown.
 
 pub mod control;
+pub mod tasks;
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use self::tasks::Supervisor;
 use crate::{
-    accounts,
+    accounts::Accounts,
     broker::{Broker, BrokerError},
-    chat,
+    chat::{self, Chat, ChatLimits, ChatParts},
     config::{Config, ConfigError},
-    db,
-    db::DbError,
-    delivery,
-    delivery::outbox::Outbox,
-    delivery::presence::Presence,
+    db::{self, DbError},
+    delivery::{
+        self, Delivery,
+        outbox::{Outbox, OutboxDone},
+        presence::Presence,
+    },
     http, limits, memory,
+    notify::{Notify, NotifyLimits},
     state::AppState,
+    support::{Support, SupportLimits},
     telemetry,
 };
 
@@ -36,42 +41,70 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Connects everything and builds the shared state (used by [`run`] and by tools that need the state).
-pub async fn connect(
-    config: Config,
-    shutdown: CancellationToken,
-) -> Result<(AppState, delivery::outbox::OutboxDone), RunError> {
+/// A connected service: the handlers' state, and what its background tasks need.
+pub struct Service {
+    pub state: AppState,
+    /// Publishes stored events (its relay runs in the background).
+    pub outbox: Outbox,
+    done: OutboxDone,
+}
+
+/// Connects the database (and migrates it) and the broker, and builds every service.
+pub async fn connect(config: Config, shutdown: CancellationToken) -> Result<Service, RunError> {
     config.validate()?;
     let db = db::connect(&config.database_url, config.backend_timeout()).await?;
     db::migrate(&db).await?;
     let broker = Broker::connect(&config, shutdown).await?;
     let (outbox, done) = Outbox::new(db.clone(), broker.clone());
-    let state = AppState {
-        presence: Presence::new(config.online_window(), db.clone(), broker.clone()),
-        deliveries: chat::Deliveries::new(db.clone(), broker.clone(), config.message_ttl()),
-        clients: delivery::clients::Clients::default(),
-        typing_limit: limits::RateLimiter::new(config.typing_rate),
-        typing_signals: limits::throttle::Throttle::new(chat::typing_period(config.typing_ttl())),
-        send_limit: limits::RateLimiter::new(config.send_rate),
-        // Retry after the default hold: by then an ordinary poll of the user has ended.
-        poll_slots: limits::PollSlots::new(
-            config.max_polls_per_user,
-            config.poll_timeout_secs.ceil().max(1.0) as u64,
-        ),
-        waiting: delivery::waiting::Waiting::default(),
-        tokens: accounts::tokens::TokenCache::new(config.auth_cache()),
-        token_lookups: accounts::tokens::TokenLookups::new(db.clone()),
-        gap_lookups: delivery::gaps::GapLookups::new(db.clone()),
-        users: accounts::KnownUsers::default(),
-        messages: chat::Messages::new(db.clone(), outbox.clone()),
+    let accounts = Accounts::new(
+        db.clone(),
+        broker.clone(),
+        config.auth_cache(),
+        config.backend_timeout(),
+    );
+    // One budget of messages per user for chat and the support desk.
+    let send_limit = limits::RateLimiter::new(config.send_rate);
+    let chat = Chat::new(ChatParts {
+        db: db.clone(),
+        broker: broker.clone(),
+        outbox: outbox.clone(),
+        accounts: accounts.clone(),
+        limits: ChatLimits::from_config(&config),
+        send_limit: send_limit.clone(),
+        typing_rate: config.typing_rate,
         attachments: Arc::new(chat::attachments::DiskStore::new(&config.data_dir)),
-        uploads: Arc::new(tokio::sync::Semaphore::new(config.max_uploads)),
-        config: Arc::new(config),
-        db,
-        broker,
+        max_uploads: config.max_uploads,
+    });
+    let presence = Presence::new(config.online_window(), db.clone(), broker.clone());
+    let delivery = Delivery::new(db.clone(), broker.clone(), &config, presence);
+    let notify = Notify::new(
+        db.clone(),
+        broker.clone(),
+        outbox.clone(),
+        accounts.clone(),
+        NotifyLimits::from_config(&config),
+    );
+    let support = Support::new(
+        db.clone(),
+        broker.clone(),
+        outbox.clone(),
+        send_limit,
+        SupportLimits::from_config(&config),
+    );
+    Ok(Service {
+        state: AppState {
+            config: Arc::new(config),
+            accounts,
+            chat,
+            delivery,
+            notify,
+            support,
+            db,
+            broker,
+        },
         outbox,
-    };
-    Ok((state, done))
+        done,
+    })
 }
 
 /// Runs the service on `listener` until `shutdown` is cancelled.
@@ -90,45 +123,10 @@ pub async fn run(
             "POSTBOX_QUEUE_EXPIRES is below twice POSTBOX_MESSAGE_TTL: an idle postbox may be deleted with unexpired events in it"
         );
     }
-    let (state, done) = connect(config, shutdown.clone()).await?;
-    let relay_after = state.config.backend_timeout() * 2;
-    let outbox_task = tokio::spawn(
-        state
-            .outbox
-            .clone()
-            .run(done, shutdown.clone(), relay_after),
-    );
-    let control = tokio::spawn(crate::broker::control::run(
-        state.broker.clone(),
-        control::on_control(state.waiting.clone(), state.tokens.clone()),
-        shutdown.clone(),
-    ));
-    let revocations = tokio::spawn(control::sweep_revocations(
-        state.db.clone(),
-        state.waiting.clone(),
-        state.tokens.clone(),
-        shutdown.clone(),
-    ));
-    let dead_letters = tokio::spawn(delivery::gaps::run_dead_letter_consumer(
-        state.db.clone(),
-        state.broker.clone(),
-        shutdown.clone(),
-    ));
-    let sweeper = tokio::spawn(state.presence.clone().run_sweeper(
-        shutdown.clone(),
-        (state.config.online_window() / 10).clamp(Duration::from_secs(1), Duration::from_secs(30)),
-    ));
-    let trimmer = tokio::spawn(memory::run_trimmer(
-        state.config.memory_trim(),
-        shutdown.clone(),
-    ));
-    let attachment_sweep = tokio::spawn(chat::attachments::run_sweeper(
-        state.db.clone(),
-        state.attachments.clone(),
-        state.config.attachment_sweep(),
-        state.config.attachment_grace(),
-        shutdown.clone(),
-    ));
+    let service = connect(config, shutdown.clone()).await?;
+    let supervisor = background_tasks(&service, &shutdown);
+    let supervised = tokio::spawn(supervisor.run());
+    let state = service.state;
     tracing::info!(addr = %listener.local_addr()?, "postbox listening");
     let app = http::router(state.clone());
     // Waiting polls are answered when `shutdown` fires (the hub watches it), so the drain is short.
@@ -141,29 +139,74 @@ pub async fn run(
     .await;
     // Now stop the rest.
     shutdown.cancel();
-    if let Err(e) = outbox_task.await {
-        tracing::warn!(error = %e, "outbox task ended abnormally");
-    }
-    if let Err(e) = control.await {
-        tracing::warn!(error = %e, "control listener ended abnormally");
-    }
-    if let Err(e) = revocations.await {
-        tracing::warn!(error = %e, "revocation sweep ended abnormally");
-    }
-    if let Err(e) = dead_letters.await {
-        tracing::warn!(error = %e, "dead-letter consumer ended abnormally");
-    }
-    if let Err(e) = sweeper.await {
-        tracing::warn!(error = %e, "presence sweeper ended abnormally");
-    }
-    if let Err(e) = trimmer.await {
-        tracing::warn!(error = %e, "heap trimmer ended abnormally");
-    }
-    if let Err(e) = attachment_sweep.await {
-        tracing::warn!(error = %e, "attachment sweep ended abnormally");
+    if let Err(e) = supervised.await {
+        tracing::warn!(error = %e, "the background tasks' supervisor ended abnormally");
     }
     state.broker.close().await;
     state.db.clone().close().await.ok();
     tracing::info!("postbox stopped");
     Ok(())
+}
+
+/// Every background task of a running service, each started again by the supervisor should it end
+/// before shutdown.
+fn background_tasks(service: &Service, shutdown: &CancellationToken) -> Supervisor {
+    let state = &service.state;
+    let config = state.config.clone();
+    let mut tasks = Supervisor::new(shutdown.clone());
+    let (outbox, done, stop) = (
+        service.outbox.clone(),
+        service.done.clone(),
+        shutdown.clone(),
+    );
+    let relay_after = config.backend_timeout() * 2;
+    tasks.spawn("outbox relay", move || {
+        outbox.clone().run(done.clone(), stop.clone(), relay_after)
+    });
+    let (broker, waiting, tokens, stop) = (
+        state.broker.clone(),
+        state.delivery.waiting().clone(),
+        state.accounts.tokens().clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn("control listener", move || {
+        crate::broker::control::run(
+            broker.clone(),
+            control::on_control(waiting.clone(), tokens.clone()),
+            stop.clone(),
+        )
+    });
+    let (db, waiting, tokens, stop) = (
+        state.db.clone(),
+        state.delivery.waiting().clone(),
+        state.accounts.tokens().clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn("revocation sweep", move || {
+        control::sweep_revocations(db.clone(), waiting.clone(), tokens.clone(), stop.clone())
+    });
+    let (db, broker, stop) = (state.db.clone(), state.broker.clone(), shutdown.clone());
+    tasks.spawn("dead-letter consumer", move || {
+        delivery::gaps::run_dead_letter_consumer(db.clone(), broker.clone(), stop.clone())
+    });
+    let (presence, stop) = (state.delivery.presence().clone(), shutdown.clone());
+    let period =
+        (config.online_window() / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    tasks.spawn("presence sweeper", move || {
+        presence.clone().run_sweeper(stop.clone(), period)
+    });
+    let (every, stop) = (config.memory_trim(), shutdown.clone());
+    tasks.spawn("heap trimmer", move || {
+        memory::run_trimmer(every, stop.clone())
+    });
+    let (db, store, stop) = (
+        state.db.clone(),
+        state.chat.attachment_store(),
+        shutdown.clone(),
+    );
+    let (every, grace) = (config.attachment_sweep(), config.attachment_grace());
+    tasks.spawn("attachment sweep", move || {
+        chat::attachments::run_sweeper(db.clone(), store.clone(), every, grace, stop.clone())
+    });
+    tasks
 }

@@ -811,6 +811,11 @@ impl Lease {
         self.deliveries.is_empty()
     }
 
+    /// The id of the last event, if any.
+    pub fn last_event_id(&self) -> Option<String> {
+        self.deliveries.last().and_then(event_id)
+    }
+
     /// The events' bodies (each one a serialised [`crate::events::Event`]), in postbox order.
     pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
         self.deliveries.iter().map(|d| d.data.as_slice())

@@ -14,10 +14,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
 
-use crate::{
-    db::{self, DbError},
-    error::AppError,
-};
+use crate::db::{self, DbError};
 
 /// One accepted type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,16 +174,14 @@ impl Upload {
 }
 
 /// Waits up to `timeout` for a turn to hold an upload in memory: at most `POSTBOX_MAX_UPLOADS` are held
-/// at once, each up to the attachment limit. 503 when no turn comes.
+/// at once, each up to the attachment limit. `None` when no turn comes.
 pub async fn upload_turn(
     uploads: &Arc<Semaphore>,
     timeout: Duration,
-) -> Result<OwnedSemaphorePermit, AppError> {
+) -> Option<OwnedSemaphorePermit> {
     match tokio::time::timeout(timeout, uploads.clone().acquire_owned()).await {
-        Ok(Ok(turn)) => Ok(turn),
-        Ok(Err(_)) | Err(_) => Err(AppError::Busy(
-            "too many attachments are being uploaded to this server; retry shortly".into(),
-        )),
+        Ok(Ok(turn)) => Some(turn),
+        Ok(Err(_)) | Err(_) => None,
     }
 }
 

@@ -124,10 +124,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             db::migrate(&conn).await?;
             let created = accounts::create_user(
                 &conn,
-                &username,
-                display_name.as_deref(),
-                college,
-                Some(&role),
+                accounts::UserRequest {
+                    username: &username,
+                    display_name: display_name.as_deref(),
+                    college_id: college,
+                    role: Some(&role),
+                },
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -363,7 +365,7 @@ async fn service_tokens(action: ServiceTokensAction) -> anyhow::Result<i32> {
             if name.is_empty() || name.chars().count() > 100 {
                 anyhow::bail!("--name must be 1 to 100 characters");
             }
-            let secret = crate::accounts::tokens::ServiceCaller::generate();
+            let secret = crate::accounts::tokens::generate_service_token();
             let row = db::notifications::create_service_token(
                 &conn,
                 name,

@@ -11,7 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{broker::Postbox, db, error::AppError, state::AppState};
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    accounts::group_keys,
+    broker::{Broker, Postbox},
+    db::{self, DbError, entities::user},
+    validate::Invalid,
+};
 
 /// How often a polling client's `last_seen_at` is written.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
@@ -24,14 +31,14 @@ pub struct Clients {
 }
 
 /// Checks a client id: 1 to 64 ASCII letters, digits, `-` or `_`.
-pub fn validate_client_id(id: &str) -> Result<(), AppError> {
+pub fn validate_client_id(id: &str) -> Result<(), Invalid> {
     if id.is_empty()
         || id.len() > 64
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(AppError::field(
+        return Err(Invalid::new(
             "client_id",
             "must be 1 to 64 ASCII letters, digits, '-' or '_'",
         ));
@@ -40,16 +47,18 @@ pub fn validate_client_id(id: &str) -> Result<(), AppError> {
 }
 
 impl Clients {
-    /// Registers (or refreshes) a client of `user_id` and returns its postbox, and whether the client
-    /// was registered before; evicts the least recently seen client beyond the cap.
+    /// Registers (or refreshes) a client of `user` and returns its postbox, and whether the client was
+    /// registered before; evicts the least recently seen client beyond `max_clients`. The client id
+    /// must be valid ([`validate_client_id`]).
     pub async fn register(
         &self,
-        state: &AppState,
-        user: &crate::db::entities::user::Model,
+        db: &DatabaseConnection,
+        broker: &Broker,
+        max_clients: usize,
+        user: &user::Model,
         client_id: &str,
-    ) -> Result<(Postbox, bool), AppError> {
+    ) -> Result<(Postbox, bool), DbError> {
         let user_id = user.id;
-        validate_client_id(client_id)?;
         let key = (user_id, client_id.to_owned());
         let fresh = self
             .seen
@@ -61,13 +70,7 @@ impl Clients {
         if fresh {
             return Ok((postbox, true));
         }
-        let (existed, evicted) = db::clients::register(
-            &state.db,
-            user_id,
-            client_id,
-            state.config.max_clients_per_user,
-        )
-        .await?;
+        let (existed, evicted) = db::clients::register(db, user_id, client_id, max_clients).await?;
         self.seen
             .lock()
             .expect("clients lock")
@@ -78,9 +81,9 @@ impl Clients {
                 .expect("clients lock")
                 .remove(&(user_id, old.clone()));
             let old_postbox = Postbox::client(user_id, &old);
-            let queue = state.broker.topology().queue(&old_postbox);
-            state.broker.hub().release(&queue);
-            if let Err(e) = state.broker.delete_queue(&queue).await {
+            let queue = broker.topology().queue(&old_postbox);
+            broker.hub().release(&queue);
+            if let Err(e) = broker.delete_queue(&queue).await {
                 tracing::warn!(error = %e, %queue, "could not delete an evicted client's postbox");
             }
         }
@@ -89,45 +92,6 @@ impl Clients {
 }
 
 /// The group routing keys a user's postboxes are bound to (college, staff).
-pub fn groups_of(user: &crate::db::entities::user::Model) -> Vec<String> {
+pub fn groups_of(user: &user::Model) -> Vec<String> {
     group_keys(user.college_id, &user.role)
-}
-
-/// The group routing keys of a user in `college_id` with `role`.
-pub fn group_keys(college_id: Option<i64>, role: &str) -> Vec<String> {
-    let staff = crate::accounts::tokens::Role::parse(role)
-        .is_some_and(|r| r >= crate::accounts::tokens::Role::Staff);
-    crate::broker::group_routing_keys(college_id, staff)
-}
-
-/// A postbox opened for a poll or a stream: which one, its queue, and the gap to announce first.
-pub struct Opened {
-    pub postbox: Postbox,
-    pub gap: Option<crate::db::entities::gap::Model>,
-}
-
-/// Opens the postbox a poll or an SSE stream reads: the client's own (registering it) or the user's
-/// shared one. Records a `queue_deleted` gap when a known client's queue vanished, finds the gap to
-/// announce, and records the user's presence.
-pub async fn open(
-    state: &AppState,
-    user: &crate::db::entities::user::Model,
-    client_id: Option<&str>,
-) -> Result<Opened, AppError> {
-    let (postbox, registered_before) = match client_id {
-        Some(client) => state.clients.register(state, user, client).await?,
-        None => (Postbox::user(user.id).with_groups(groups_of(user)), false),
-    };
-    let queue = state.broker.topology().queue(&postbox);
-    // A known client whose postbox vanished (deleted, evicted) lost what it held: record the gap
-    // before the queue is declared again.
-    if registered_before
-        && !state.broker.hub().has_slot(&queue)
-        && !state.broker.queue_exists(&queue).await?
-    {
-        db::gaps::record(&state.db, &queue, 0, None, "queue_deleted").await?;
-    }
-    let gap = crate::delivery::gaps::pending(&state.gap_lookups, &state.broker, &queue).await?;
-    state.presence.seen(user.id).await;
-    Ok(Opened { postbox, gap })
 }

@@ -20,26 +20,22 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use sea_orm::DatabaseConnection;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{Broker, EXPIRES_AT_HEADER},
     db::{self, DbError, entities::gap},
-    events::{Event, kind},
+    events::{Event, data::Resync},
 };
 
 /// The `resync` event announcing a gap.
 pub fn resync_event(gap: &gap::Model) -> Event {
-    Event::new(
-        kind::RESYNC,
-        json!({
-            "reason": gap.reasons,
-            "lost": gap.lost,
-            "lost_unknown": gap.unknown > 0,
-            "since": gap.since,
-        }),
-    )
+    Event::of(&Resync {
+        reason: gap.reasons.clone(),
+        lost: gap.lost,
+        lost_unknown: gap.unknown > 0,
+        since: gap.since,
+    })
 }
 
 /// The gap to announce on this poll, if any. Looked up when the postbox has no consumer in this

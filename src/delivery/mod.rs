@@ -1,9 +1,389 @@
-//! A poll's and a stream's whole life: opening a postbox (registered clients, gaps), waiting,
-//! handing over and acknowledging, the outbox relay that publishes stored events, delivered marks and
-//! presence.
+//! A poll's and a stream's whole life: opening a postbox (registered clients, gaps, presence), waiting
+//! for its events, handing them over and acknowledging them, and marking chat messages delivered; also
+//! the outbox relay that publishes stored events, and the waiting registry that ends polls of revoked
+//! or expired tokens.
+//!
+//! The long poll and the event stream share one path: [`Delivery::open`] gives a [`Session`], whose
+//! [`Session::next`] waits for the next [`Batch`]; the HTTP handlers only parse the request and write
+//! the answer or the stream, then call [`Batch::handed_over`] once it reached the connection. Events
+//! stay unacknowledged in RabbitMQ until then (see [`crate::broker::hub`]).
 
 pub mod clients;
+pub mod delivered;
 pub mod gaps;
 pub mod outbox;
 pub mod presence;
 pub mod waiting;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use serde::Deserialize;
+
+use self::{
+    clients::{Clients, groups_of},
+    delivered::Deliveries,
+    gaps::GapLookups,
+    presence::Presence,
+    waiting::{Ended, Waiting, WaitingGuard},
+};
+use crate::{
+    accounts::tokens::Caller,
+    broker::{Broker, BrokerError, Postbox, hub::Lease},
+    config::Config,
+    db::{self, DbError, entities::gap},
+    events::{kind, unix_now},
+    limits::{PollSlot, PollSlots, RateLimited},
+    telemetry::names,
+    validate::Invalid,
+};
+
+/// Why a poll, a stream or a registration was refused, failed or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The user holds too many polls and streams at once.
+    #[error(transparent)]
+    TooMany(#[from] RateLimited),
+    /// The token was revoked or expired while the poll or stream was open.
+    #[error("{}", .0.detail())]
+    Ended(Ended),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Delivery's slice of the configuration.
+#[derive(Debug, Clone)]
+pub struct DeliveryLimits {
+    /// Events one answer carries at most (a postbox holds no more).
+    pub batch: usize,
+    pub max_clients_per_user: usize,
+}
+
+impl DeliveryLimits {
+    pub fn from_config(config: &Config) -> Self {
+        DeliveryLimits {
+            batch: config.queue_max_length as usize,
+            max_clients_per_user: config.max_clients_per_user,
+        }
+    }
+}
+
+/// The delivery service. Cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    db: DatabaseConnection,
+    broker: Broker,
+    clients: Clients,
+    gaps: GapLookups,
+    presence: Presence,
+    deliveries: Deliveries,
+    waiting: Waiting,
+    slots: PollSlots,
+    limits: Arc<DeliveryLimits>,
+}
+
+/// How a client acknowledges what it was handed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// Seed clients: what an answer carried is acknowledged once it was handed over.
+    OnHandOver,
+    /// Cursor clients: handed-over events stay in flight until a later poll's cursor (the id of the
+    /// last event the client processed; `None`: none yet) confirms them; the rest come again, first,
+    /// with the same ids.
+    Cursor(Option<String>),
+}
+
+impl Delivery {
+    /// Starts the grouped writers and lookups; needs a Tokio runtime.
+    pub fn new(
+        db: DatabaseConnection,
+        broker: Broker,
+        config: &Config,
+        presence: Presence,
+    ) -> Self {
+        Delivery {
+            clients: Clients::default(),
+            gaps: GapLookups::new(db.clone()),
+            deliveries: Deliveries::new(db.clone(), broker.clone(), config.message_ttl()),
+            waiting: Waiting::default(),
+            // Retry after the default hold: by then an ordinary poll of the user has ended.
+            slots: PollSlots::new(
+                config.max_polls_per_user,
+                config.poll_timeout_secs.ceil().max(1.0) as u64,
+            ),
+            limits: Arc::new(DeliveryLimits::from_config(config)),
+            presence,
+            db,
+            broker,
+        }
+    }
+
+    /// The polls waiting now, by token (revocations end them).
+    pub fn waiting(&self) -> &Waiting {
+        &self.waiting
+    }
+
+    /// Who is online (the presence sweeper runs on it).
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// Opens what a poll or a stream of `caller` reads: the postbox of `client_id` (registered on first
+    /// use) or the user's shared one, under the user's cap of polls and streams, registered in the
+    /// waiting registry. Validates everything before any side effect.
+    pub async fn open(
+        &self,
+        caller: &Caller,
+        client_id: Option<&str>,
+        ack: Ack,
+    ) -> Result<Session, DeliveryError> {
+        if let Some(client) = client_id {
+            clients::validate_client_id(client)?;
+        }
+        if let Ack::Cursor(Some(last)) = &ack
+            && last.len() > 64
+        {
+            return Err(Invalid::new("last_event_id", "is longer than 64 characters").into());
+        }
+        // Counted against the user's cap until the session is dropped.
+        let slot = self.slots.acquire(caller.user.id)?;
+        // Boxed: the database work of opening is large and done before the wait; inline, its future
+        // would stay part of the caller's state for the whole hold.
+        let (postbox, gap) = Box::pin(self.open_postbox(&caller.user, client_id)).await?;
+        Ok(Session {
+            delivery: self.clone(),
+            user_id: caller.user.id,
+            postbox,
+            gap,
+            ack,
+            waiting: self.waiting.register(&caller.key_hash, caller.expires_at),
+            _slot: slot,
+        })
+    }
+
+    /// The postbox a poll or a stream reads, and the gap to announce first. Records a `queue_deleted`
+    /// gap when a known client's queue vanished.
+    async fn open_postbox(
+        &self,
+        user: &db::entities::user::Model,
+        client_id: Option<&str>,
+    ) -> Result<(Postbox, Option<gap::Model>), DeliveryError> {
+        let (postbox, registered_before) = match client_id {
+            Some(client) => {
+                self.clients
+                    .register(
+                        &self.db,
+                        &self.broker,
+                        self.limits.max_clients_per_user,
+                        user,
+                        client,
+                    )
+                    .await?
+            }
+            None => (Postbox::user(user.id).with_groups(groups_of(user)), false),
+        };
+        let queue = self.broker.topology().queue(&postbox);
+        // A known client whose postbox vanished (deleted, evicted) lost what it held: record the gap
+        // before the queue is declared again.
+        if registered_before
+            && !self.broker.hub().has_slot(&queue)
+            && !self.broker.queue_exists(&queue).await?
+        {
+            db::gaps::record(&self.db, &queue, 0, None, "queue_deleted").await?;
+        }
+        let gap = gaps::pending(&self.gaps, &self.broker, &queue).await?;
+        Ok((postbox, gap))
+    }
+
+    /// Registers a client of `user` (a random id when none is given) and creates its postbox now, so
+    /// events from this moment on are kept for it. Returns the client id and the postbox's queue.
+    pub async fn register(
+        &self,
+        user: &db::entities::user::Model,
+        client_id: Option<String>,
+    ) -> Result<(String, String), DeliveryError> {
+        let client_id = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        clients::validate_client_id(&client_id)?;
+        let (postbox, _) = self
+            .clients
+            .register(
+                &self.db,
+                &self.broker,
+                self.limits.max_clients_per_user,
+                user,
+                &client_id,
+            )
+            .await?;
+        self.broker.declare_postbox(&postbox).await?;
+        Ok((client_id, self.broker.topology().queue(&postbox)))
+    }
+
+    /// The user went away (page unload): offline now, and the shared postbox's consumer let go.
+    pub async fn disconnect(&self, user_id: i64) -> Result<(), DeliveryError> {
+        self.presence.offline(user_id).await?;
+        self.broker
+            .hub()
+            .release(&self.broker.topology().user_queue(user_id));
+        Ok(())
+    }
+}
+
+/// One poll's or stream's hold on a postbox. Dropping it gives the user's slot back and leaves the
+/// waiting registry.
+pub struct Session {
+    delivery: Delivery,
+    user_id: i64,
+    postbox: Postbox,
+    /// A gap to announce with the next batch (then cleared once handed over).
+    gap: Option<gap::Model>,
+    ack: Ack,
+    waiting: WaitingGuard,
+    _slot: PollSlot,
+}
+
+impl Session {
+    /// Whether the next batch announces a gap: it then comes at once, with what the postbox holds.
+    pub fn has_gap(&self) -> bool {
+        self.gap.is_some()
+    }
+
+    /// Whether the service is shutting down (a stream ends, a wait returns at once).
+    pub fn closing(&self) -> bool {
+        self.delivery.broker.hub().is_shutting_down()
+    }
+
+    /// Whether the token was revoked or expired.
+    pub fn ended(&self) -> Option<Ended> {
+        self.waiting.over()
+    }
+
+    /// Waits until the postbox holds events or `deadline` passes (at once when a gap is to be
+    /// announced) and takes them as a batch, the `resync` of a pending gap first. An empty batch means
+    /// the deadline passed. A revoked or expired token ends the wait (and gets nothing, even when events
+    /// are ready).
+    pub async fn next(&mut self, deadline: tokio::time::Instant) -> Result<Batch, DeliveryError> {
+        if let Some(ended) = self.waiting.over() {
+            return Err(DeliveryError::Ended(ended));
+        }
+        let d = &self.delivery;
+        d.presence.seen(self.user_id).await;
+        let gap = self.gap.take();
+        let deadline = if gap.is_some() {
+            tokio::time::Instant::now()
+        } else {
+            deadline
+        };
+        let cursor = match &self.ack {
+            Ack::OnHandOver => None,
+            Ack::Cursor(last) => Some(last.as_deref().filter(|l| !l.is_empty())),
+        };
+        let wait = d
+            .broker
+            .hub()
+            .wait(&self.postbox, deadline, d.limits.batch, cursor);
+        let lease = tokio::select! {
+            biased;
+            ended = self.waiting.ended() => return Err(DeliveryError::Ended(ended)),
+            lease = wait => lease?,
+        };
+        let resync = gap.as_ref().map(|g| gaps::resync_event(g).to_bytes());
+        let messages = handed_over(
+            self.user_id,
+            resync.iter().map(Vec::as_slice).chain(lease.payloads()),
+        );
+        // A stream's next wait confirms what this batch carried (it reached the client by then).
+        if let (Ack::Cursor(last), Some(id)) = (&mut self.ack, lease.last_event_id()) {
+            *last = Some(id);
+        }
+        Ok(Batch {
+            delivery: d.clone(),
+            user_id: self.user_id,
+            lease,
+            resync,
+            gap,
+            messages,
+        })
+    }
+}
+
+/// Events taken from a postbox for one answer (or one write of a stream), unacknowledged until
+/// [`Batch::handed_over`]. Dropped before that (the client went away), its events stay in the postbox.
+pub struct Batch {
+    delivery: Delivery,
+    user_id: i64,
+    lease: Lease,
+    /// The `resync` announcing a gap, first.
+    resync: Option<Vec<u8>>,
+    gap: Option<gap::Model>,
+    /// Chat messages to this user in the batch, marked delivered once it was handed over.
+    messages: Vec<i64>,
+}
+
+impl Batch {
+    /// No event (the deadline passed).
+    pub fn is_empty(&self) -> bool {
+        self.lease.is_empty() && self.resync.is_none()
+    }
+
+    /// Empty because the postbox's consumer was still attaching at the deadline (RabbitMQ busy).
+    pub fn attaching(&self) -> bool {
+        self.lease.attaching()
+    }
+
+    /// The events' envelopes as JSON (each a serialised [`crate::events::Event`]), in postbox order, a
+    /// `resync` first.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        self.resync
+            .iter()
+            .map(Vec::as_slice)
+            .chain(self.lease.payloads())
+    }
+
+    /// The batch reached the connection: a seed client's events are acknowledged, a cursor client's
+    /// parked in flight; an announced gap is cleared; chat messages are marked delivered.
+    pub async fn handed_over(self) {
+        let d = self.delivery;
+        self.lease.handed_over().await;
+        if let Some(gap) = self.gap
+            && let Err(e) = db::gaps::clear(&d.db, &gap).await
+        {
+            tracing::warn!(error = %e, "could not clear an announced gap; it will be announced again");
+        }
+        d.deliveries.record(self.user_id, self.messages);
+    }
+}
+
+/// Reads the event bodies handed to `user_id`: records each event's delivery latency and returns the
+/// ids of the chat messages addressed to that user (to be marked delivered once handed over).
+fn handed_over<'a>(user_id: i64, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<i64> {
+    #[derive(Deserialize)]
+    struct Peek {
+        event: String,
+        timestamp: f64,
+        data: PeekData,
+    }
+    #[derive(Deserialize)]
+    struct PeekData {
+        id: Option<i64>,
+        receiver_id: Option<i64>,
+    }
+    let now = unix_now();
+    let mut messages = Vec::new();
+    for p in payloads {
+        let Ok(peek) = serde_json::from_slice::<Peek>(p) else {
+            continue;
+        };
+        metrics::histogram!(names::DELIVERY_LATENCY).record((now - peek.timestamp).max(0.0));
+        if peek.event == kind::MESSAGE
+            && peek.data.receiver_id == Some(user_id)
+            && let Some(id) = peek.data.id
+        {
+            messages.push(id);
+        }
+    }
+    messages
+}

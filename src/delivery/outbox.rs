@@ -6,7 +6,7 @@
 //! the row stays and the relay ([`Outbox::run`]) publishes it again later, with the same event id, so
 //! clients can drop the rare duplicate. An event is never published for data that was not committed.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
@@ -27,13 +27,18 @@ pub struct Outbox {
     done: mpsc::Sender<i64>,
 }
 
-/// The receiving half of the confirmed-ids queue, consumed by [`Outbox::run`].
-pub struct OutboxDone(mpsc::Receiver<i64>);
+/// The receiving half of the confirmed-ids queue, consumed by [`Outbox::run`] (shared, so a relay that
+/// is started again takes over the same queue).
+#[derive(Clone)]
+pub struct OutboxDone(Arc<tokio::sync::Mutex<mpsc::Receiver<i64>>>);
 
 impl Outbox {
     pub fn new(db: DatabaseConnection, broker: Broker) -> (Self, OutboxDone) {
         let (done, rx) = mpsc::channel(DONE_QUEUE);
-        (Outbox { db, broker, done }, OutboxDone(rx))
+        (
+            Outbox { db, broker, done },
+            OutboxDone(Arc::new(tokio::sync::Mutex::new(rx))),
+        )
     }
 
     /// Publishes a committed event now. On failure the event stays in the outbox for the relay.
@@ -46,6 +51,35 @@ impl Outbox {
             }
         }
         Ok(())
+    }
+
+    /// Publishes committed events now, all at once; failures are left to the relay.
+    pub async fn publish_committed(&self, pending: &[PendingEvent]) {
+        let results = futures_util::future::join_all(pending.iter().map(|p| self.publish(p))).await;
+        for (p, r) in pending.iter().zip(results) {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, outbox_id = p.outbox_id, "publish failed after commit; the outbox relay will retry");
+            }
+        }
+    }
+
+    /// Publishes committed events now, in order per routing key (a reopened support chat's
+    /// `support_chat` before the message); failures are left to the relay, and the later events of that
+    /// key stay behind the failed one (the relay publishes them by id).
+    pub async fn publish_in_order(&self, pending: &[PendingEvent]) {
+        let mut by_key: std::collections::HashMap<&str, Vec<&PendingEvent>> = Default::default();
+        for p in pending {
+            by_key.entry(p.routing_key.as_str()).or_default().push(p);
+        }
+        futures_util::future::join_all(by_key.into_values().map(|events| async move {
+            for p in events {
+                if let Err(e) = self.publish(p).await {
+                    tracing::warn!(error = %e, outbox_id = p.outbox_id, "publish failed after commit; the outbox relay will retry");
+                    break;
+                }
+            }
+        }))
+        .await;
     }
 
     /// Publishes an outbox row: to users (one key, or several separated by spaces) or to a group.
@@ -66,17 +100,13 @@ impl Outbox {
     }
 
     /// Deletes confirmed rows in batches and republishes rows left behind, until `shutdown`.
-    pub async fn run(
-        self,
-        mut done: OutboxDone,
-        shutdown: CancellationToken,
-        relay_after: Duration,
-    ) {
+    pub async fn run(self, done: OutboxDone, shutdown: CancellationToken, relay_after: Duration) {
+        let mut done = done.0.lock().await;
         let mut batch = Vec::with_capacity(512);
         let mut relay = tokio::time::interval(relay_after.max(Duration::from_secs(1)) / 2);
         loop {
             tokio::select! {
-                n = done.0.recv_many(&mut batch, 512) => {
+                n = done.recv_many(&mut batch, 512) => {
                     if n == 0 { break; }
                     if let Err(e) = db::chat::delete_outbox(&self.db, &batch).await {
                         tracing::warn!(error = %e, rows = batch.len(), "could not delete published outbox rows; they will be published again");
@@ -85,8 +115,8 @@ impl Outbox {
                 }
                 _ = relay.tick() => self.relay(relay_after).await,
                 _ = shutdown.cancelled() => {
-                    done.0.close();
-                    while done.0.recv_many(&mut batch, 512).await > 0 {
+                    done.close();
+                    while done.recv_many(&mut batch, 512).await > 0 {
                         let _ = db::chat::delete_outbox(&self.db, &batch).await;
                         batch.clear();
                     }

@@ -15,13 +15,12 @@ use std::{
 
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Broker,
     db::{self, DbError, batch::Batcher},
-    events::{Event, kind, rfc3339},
+    events::{Event, data, rfc3339},
     limits::throttle::Throttle,
 };
 
@@ -216,16 +215,13 @@ async fn announce_now(db: DatabaseConnection, broker: Broker, user_id: i64, onli
             return;
         }
     };
-    let event = Event::new(
-        kind::PRESENCE,
-        json!({
-            "user_id": user.id,
-            "username": user.username,
-            "name": user.display_name,
-            "online": online,
-            "last_seen_at": user.last_seen_at.map(rfc3339),
-        }),
-    )
+    let event = Event::of(&data::Presence {
+        user_id: user.id,
+        username: user.username,
+        name: user.display_name,
+        online,
+        last_seen_at: user.last_seen_at.map(rfc3339),
+    })
     .to_bytes();
     for contact in contacts {
         if let Err(e) = broker

@@ -3,12 +3,15 @@
 //! Shapes follow the seeds' contract (seed 001): a poll answers `{"events":[{"id","event","data",
 //! "timestamp"}],"timestamp"}`, and a chat message is `{"id","sender_id","sender_name","receiver_id",
 //! "message","attachment","attachment_type","timestamp","is_read","conversation_id"}`. Adding fields is
-//! fine; renaming or removing one breaks existing frontends. This module does no I/O.
+//! fine; renaming or removing one breaks existing frontends. Every event's `data` is a typed struct of
+//! [`data`], built there and nowhere else. This module does no I/O and knows no storage.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::db::entities::{chat_message, user};
+pub mod data;
+
+pub use data::EventData;
 
 /// Event type names, as the seeds spell them.
 pub mod kind {
@@ -43,6 +46,15 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event carrying one of Postbox's own payloads.
+    pub fn of<T: EventData>(data: &T) -> Self {
+        Self::new(
+            T::KIND,
+            serde_json::to_value(data).expect("event payloads always serialise"),
+        )
+    }
+
+    /// An event of any type (host applications publish their own, with any JSON object as data).
     pub fn new(event: &str, data: serde_json::Value) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
@@ -85,29 +97,6 @@ pub struct MessageView {
     pub read_at: Option<String>,
 }
 
-impl MessageView {
-    pub fn new(msg: &chat_message::Model, sender: &user::Model) -> Self {
-        Self {
-            id: msg.id,
-            conversation_id: msg.conversation_id,
-            sender_id: msg.sender_id,
-            sender_name: sender.display_name.clone(),
-            receiver_id: msg.receiver_id,
-            message: msg.message.clone(),
-            // Clients download through the API (participants only); the storage key stays private.
-            attachment: msg
-                .attachment
-                .as_ref()
-                .map(|_| format!("/api/v1/communication/chats/attachments/{}/", msg.id)),
-            attachment_type: msg.attachment_type.clone(),
-            timestamp: rfc3339(msg.created_at),
-            is_read: msg.read_at.is_some(),
-            delivered_at: msg.delivered_at.map(rfc3339),
-            read_at: msg.read_at.map(rfc3339),
-        }
-    }
-}
-
 /// A user as other users see it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct UserView {
@@ -118,20 +107,6 @@ pub struct UserView {
     pub role: String,
     pub created_at: String,
     pub last_seen_at: Option<String>,
-}
-
-impl From<&user::Model> for UserView {
-    fn from(u: &user::Model) -> Self {
-        Self {
-            id: u.id,
-            username: u.username.clone(),
-            display_name: u.display_name.clone(),
-            college_id: u.college_id,
-            role: u.role.clone(),
-            created_at: rfc3339(u.created_at),
-            last_seen_at: u.last_seen_at.map(rfc3339),
-        }
-    }
 }
 
 #[cfg(test)]

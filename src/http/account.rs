@@ -4,9 +4,11 @@ use axum::extract::State;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accounts::tokens::AuthUser,
-    error::{AppError, ErrorBody},
     events::UserView,
+    http::{
+        auth::AuthUser,
+        error::{ApiError, ErrorBody},
+    },
     state::AppState,
 };
 
@@ -29,6 +31,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn me(
     State(_state): State<AppState>,
     AuthUser(user): AuthUser,
-) -> Result<axum::Json<UserView>, AppError> {
+) -> Result<axum::Json<UserView>, ApiError> {
     Ok(axum::Json(UserView::from(&user)))
 }

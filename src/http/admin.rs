@@ -8,13 +8,13 @@ use serde::{Deserialize, Deserializer};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accounts::tokens::{AuthUser, Role},
-    accounts::{self, CreatedUser},
-    error::{AppError, ErrorBody},
+    accounts::{self, CreatedUser, UserRequest, tokens::Role},
     events::UserView,
     http::{
+        auth::AuthUser,
         chats::{Id, Int},
         docs::{MAX_ID, literal_schema},
+        error::{ApiError, ErrorBody},
         extract::Json,
     },
     state::AppState,
@@ -82,22 +82,24 @@ async fn create_user(
     State(state): State<AppState>,
     caller: AuthUser,
     Json(body): Json<CreateUser>,
-) -> Result<(StatusCode, axum::Json<CreatedUser>), AppError> {
-    caller.require(Role::Admin)?;
-    let created = accounts::create_user(
-        &state.db,
-        &body.username,
-        body.display_name.as_deref(),
-        body.college_id
-            .map(|c| {
-                c.within(0..=MAX_ID)
-                    .ok_or_else(|| AppError::field("college_id", "must be a positive integer"))
-            })
-            .transpose()?,
-        body.role.as_deref(),
-    )
-    .await?;
-    accounts::create_postbox(&state.broker, &created.user).await;
+) -> Result<(StatusCode, axum::Json<CreatedUser>), ApiError> {
+    accounts::require(&caller.0, Role::Admin)?;
+    let college_id = body
+        .college_id
+        .map(|c| {
+            c.within(0..=MAX_ID)
+                .ok_or_else(|| ApiError::field("college_id", "must be a positive integer"))
+        })
+        .transpose()?;
+    let created = state
+        .accounts
+        .create_user(UserRequest {
+            username: &body.username,
+            display_name: body.display_name.as_deref(),
+            college_id,
+            role: body.role.as_deref(),
+        })
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
@@ -163,29 +165,30 @@ async fn update_user(
     caller: AuthUser,
     Path(id): Path<String>,
     Json(body): Json<UpdateUser>,
-) -> Result<axum::Json<UserView>, AppError> {
-    caller.require(Role::Admin)?;
+) -> Result<axum::Json<UserView>, ApiError> {
+    accounts::require(&caller.0, Role::Admin)?;
     let id = Id::Text(id).parse("id")?;
     let college_id = body
         .college_id
         .map(|c| {
             c.map(|c| {
                 c.within(0..=MAX_ID)
-                    .ok_or_else(|| AppError::field("college_id", "must be a positive integer"))
+                    .ok_or_else(|| ApiError::field("college_id", "must be a positive integer"))
             })
             .transpose()
         })
         .transpose()?;
     Ok(axum::Json(
-        accounts::update_user(
-            &state,
-            id,
-            accounts::Changes {
-                display_name: body.display_name,
-                college_id,
-                role: body.role,
-            },
-        )
-        .await?,
+        state
+            .accounts
+            .update_user(
+                id,
+                accounts::Changes {
+                    display_name: body.display_name,
+                    college_id,
+                    role: body.role,
+                },
+            )
+            .await?,
     ))
 }

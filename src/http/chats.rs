@@ -12,20 +12,20 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accounts::tokens::AuthUser,
-    chat::attachments::{self, Upload},
-    chat::text,
     chat::{
         self, ConversationView, HistoryPage, MarkRead, MarkReadResult, OnlineUsers, UnreadCounts,
+        attachments::Upload,
     },
     db::chat::Cursor,
-    error::{AppError, ErrorBody},
     events::MessageView,
     http::{
+        auth::AuthUser,
         docs::{MAX_ID, id_schema, literal_schema, nullable},
+        error::{ApiError, ErrorBody},
         extract::{Json, Query, parse_json, query_time, read_body},
     },
     state::AppState,
+    validate as text,
 };
 
 pub fn router(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
@@ -78,7 +78,7 @@ impl Int {
 impl Id {
     /// The id, if it is one the document allows: 1 to [`MAX_ID`], a numeric string without sign,
     /// spaces or leading zeros.
-    pub fn parse(self, field: &'static str) -> Result<i64, AppError> {
+    pub fn parse(self, field: &'static str) -> Result<i64, ApiError> {
         let id = match self {
             Id::Number(n) => n,
             Id::Float(f) => Int::Float(f).within(1..=MAX_ID).unwrap_or(0),
@@ -86,13 +86,13 @@ impl Id {
                 let digits =
                     s.len() <= 15 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
                 if !digits {
-                    return Err(AppError::field(field, "must be a positive integer id"));
+                    return Err(ApiError::field(field, "must be a positive integer id"));
                 }
                 s.parse().unwrap_or(0)
             }
         };
         if !(1..=MAX_ID).contains(&id) {
-            return Err(AppError::field(field, "must be a positive integer id"));
+            return Err(ApiError::field(field, "must be a positive integer id"));
         }
         Ok(id)
     }
@@ -178,7 +178,7 @@ async fn send(
     State(state): State<AppState>,
     user: AuthUser,
     req: Request,
-) -> Result<(StatusCode, axum::Json<MessageView>), AppError> {
+) -> Result<(StatusCode, axum::Json<MessageView>), ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -188,16 +188,16 @@ async fn send(
     let (receiver, text, upload) = if content_type.starts_with("multipart/form-data") {
         // The form is read into memory (nothing is written before the send is accepted); a turn
         // bounds how many are held at once.
-        let turn = attachments::upload_turn(&state.uploads, state.config.backend_timeout()).await?;
+        let turn = state.chat.upload_turn().await?;
         let form = Multipart::from_request(req, &state)
             .await
-            .map_err(|e| AppError::BadRequest(format!("invalid form: {}", e.body_text())))?;
+            .map_err(|e| ApiError::BadRequest(format!("invalid form: {}", e.body_text())))?;
         let (receiver, text, file) = read_form(&state, form).await?;
         (receiver, text, file.map(|f| Upload::new(f, turn)))
     } else {
         let mime = content_type.split(';').next().unwrap_or_default().trim();
         if !(mime == "application/json" || mime.ends_with("+json")) {
-            return Err(AppError::UnsupportedMediaType(
+            return Err(ApiError::UnsupportedMediaType(
                 "send JSON (`Content-Type: application/json`) or a multipart/form-data form".into(),
             ));
         }
@@ -206,11 +206,11 @@ async fn send(
         let body: SendBody = parse_json(&bytes)?;
         let receiver = body
             .receiver
-            .ok_or_else(|| AppError::field("receiver", "this field is required"))?
+            .ok_or_else(|| ApiError::field("receiver", "this field is required"))?
             .parse("receiver")?;
         (receiver, body.message, None)
     };
-    let view = chat::send_message(&state, &user, receiver, text, upload).await?;
+    let view = state.chat.send(&user.0, receiver, text, upload).await?;
     Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
@@ -219,13 +219,13 @@ async fn send(
 async fn read_form(
     state: &AppState,
     mut form: Multipart,
-) -> Result<(i64, String, Option<Bytes>), AppError> {
+) -> Result<(i64, String, Option<Bytes>), ApiError> {
     let (mut receiver, mut text, mut file) = (None, String::new(), None);
     let invalid = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::PayloadTooLarge("request body is too large".into())
+            ApiError::PayloadTooLarge("request body is too large".into())
         } else {
-            AppError::BadRequest(format!("invalid form: {}", e.body_text()))
+            ApiError::BadRequest(format!("invalid form: {}", e.body_text()))
         }
     };
     while let Some(mut field) = form.next_field().await.map_err(invalid)? {
@@ -233,13 +233,13 @@ async fn read_form(
         let limit = match name.as_str() {
             "receiver" | "message" => state.config.max_body_bytes,
             "attachment" if file.is_some() => {
-                return Err(AppError::BadRequest(
+                return Err(ApiError::BadRequest(
                     "a message carries one attachment".into(),
                 ));
             }
             "attachment" => state.config.max_attachment_bytes,
             other => {
-                return Err(AppError::BadRequest(format!(
+                return Err(ApiError::BadRequest(format!(
                     "unknown form field {other:?}: expected receiver, message, attachment"
                 )));
             }
@@ -247,7 +247,7 @@ async fn read_form(
         let mut bytes = BytesMut::new();
         while let Some(chunk) = field.chunk().await.map_err(invalid)? {
             if bytes.len() + chunk.len() > limit {
-                return Err(AppError::PayloadTooLarge(match name.as_str() {
+                return Err(ApiError::PayloadTooLarge(match name.as_str() {
                     "attachment" => format!("the attachment is larger than {limit} bytes"),
                     _ => format!("form field `{name}` is larger than {limit} bytes"),
                 }));
@@ -257,7 +257,7 @@ async fn read_form(
         let bytes = bytes.freeze();
         let text_of = |b: &Bytes| {
             String::from_utf8(b.to_vec())
-                .map_err(|_| AppError::field("message", "must be UTF-8 text"))
+                .map_err(|_| ApiError::field("message", "must be UTF-8 text"))
         };
         match name.as_str() {
             "receiver" => receiver = Some(Id::Text(text_of(&bytes)?).parse("receiver")?),
@@ -265,7 +265,7 @@ async fn read_form(
             _ => file = Some(bytes),
         }
     }
-    let receiver = receiver.ok_or_else(|| AppError::field("receiver", "this field is required"))?;
+    let receiver = receiver.ok_or_else(|| ApiError::field("receiver", "this field is required"))?;
     Ok((receiver, text, file))
 }
 
@@ -302,9 +302,9 @@ async fn attachment(
     State(state): State<AppState>,
     user: AuthUser,
     Path(message_id): Path<String>,
-) -> Result<Response, AppError> {
+) -> Result<Response, ApiError> {
     let message_id = Id::Text(message_id).parse("message_id")?;
-    let (file_type, download) = chat::open_attachment(&state, &user, message_id).await?;
+    let (file_type, download) = state.chat.open_attachment(&user.0, message_id).await?;
     let disposition = if file_type.kind == "document" {
         format!(
             "attachment; filename=\"message-{message_id}.{}\"",
@@ -342,8 +342,8 @@ async fn attachment(
 async fn conversations(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<axum::Json<Vec<ConversationView>>, AppError> {
-    Ok(axum::Json(chat::conversations(&state, &user).await?))
+) -> Result<axum::Json<Vec<ConversationView>>, ApiError> {
+    Ok(axum::Json(state.chat.conversations(&user.0).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -393,13 +393,13 @@ async fn history(
     user: AuthUser,
     Path(other): Path<String>,
     Query(params): Query<HistoryParams>,
-) -> Result<axum::Json<HistoryPage>, AppError> {
+) -> Result<axum::Json<HistoryPage>, ApiError> {
     let other = Id::Text(other).parse("user_id")?;
     let limit = match params.limit.as_deref() {
         None => 50,
         Some(l) => match l.trim().parse::<u64>() {
             Ok(n) if (1..=chat::MAX_PAGE).contains(&n) => n,
-            _ => return Err(AppError::field("limit", "must be an integer from 1 to 200")),
+            _ => return Err(ApiError::field("limit", "must be an integer from 1 to 200")),
         },
     };
     let cursor = match (params.before.as_deref(), params.since.as_deref()) {
@@ -424,21 +424,21 @@ async fn history(
         (None, None) => Cursor::Latest,
     };
     Ok(axum::Json(
-        chat::history(&state, &user, other, cursor, limit).await?,
+        state.chat.history(&user.0, other, cursor, limit).await?,
     ))
 }
 
 /// `since` is a message id or an RFC 3339 time.
-fn parse_since(s: &str) -> Result<Cursor, AppError> {
+fn parse_since(s: &str) -> Result<Cursor, ApiError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return match s.parse::<i64>() {
             Ok(id) if id <= MAX_ID => Ok(Cursor::SinceId(id)),
-            _ => Err(AppError::field("since", "is too large")),
+            _ => Err(ApiError::field("since", "is too large")),
         };
     }
     query_time(s)
         .map(Cursor::SinceTime)
-        .ok_or_else(|| AppError::field("since", "must be a message id or an RFC 3339 time"))
+        .ok_or_else(|| ApiError::field("since", "must be a message id or an RFC 3339 time"))
 }
 
 /// What to mark read: a conversation (by id or by the other user, or given by message ids), optionally
@@ -501,16 +501,16 @@ async fn mark_read(
     State(state): State<AppState>,
     user: AuthUser,
     Json(body): Json<MarkReadBody>,
-) -> Result<axum::Json<MarkReadResult>, AppError> {
+) -> Result<axum::Json<MarkReadResult>, ApiError> {
     let message_ids = match body.message_ids {
         Some(ids) if ids.len() > 1000 => {
-            return Err(AppError::field("message_ids", "at most 1000 ids"));
+            return Err(ApiError::field("message_ids", "at most 1000 ids"));
         }
         Some(ids) => Some(
             ids.into_iter()
                 .map(|i| i.within(1..=MAX_ID))
                 .collect::<Option<Vec<i64>>>()
-                .ok_or_else(|| AppError::field("message_ids", "ids are positive integers"))?,
+                .ok_or_else(|| ApiError::field("message_ids", "ids are positive integers"))?,
         ),
         None => None,
     };
@@ -518,7 +518,7 @@ async fn mark_read(
         .up_to
         .map(|i| {
             i.within(1..=MAX_ID)
-                .ok_or_else(|| AppError::field("up_to", "must be a positive integer id"))
+                .ok_or_else(|| ApiError::field("up_to", "must be a positive integer id"))
         })
         .transpose()?;
     let req = MarkRead {
@@ -530,7 +530,7 @@ async fn mark_read(
         message_ids,
         up_to,
     };
-    Ok(axum::Json(chat::mark_read(&state, &user, req).await?))
+    Ok(axum::Json(state.chat.mark_read(&user.0, req).await?))
 }
 
 /// A typing signal.
@@ -590,13 +590,12 @@ async fn typing(
     State(state): State<AppState>,
     user: AuthUser,
     Json(body): Json<TypingBody>,
-) -> Result<axum::Json<TypingResult>, AppError> {
+) -> Result<axum::Json<TypingResult>, ApiError> {
     let receiver = body
         .receiver
-        .ok_or_else(|| AppError::field("receiver", "this field is required"))?
+        .ok_or_else(|| ApiError::field("receiver", "this field is required"))?
         .parse("receiver")?;
-    state.typing_limit.check(user.0.id, "typing events")?;
-    chat::typing(&state, &user, receiver, body.is_typing).await?;
+    state.chat.typing(&user.0, receiver, body.is_typing).await?;
     Ok(axum::Json(TypingResult {
         status: "ok".into(),
     }))
@@ -617,8 +616,8 @@ async fn typing(
 async fn unread_count(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<axum::Json<UnreadCounts>, AppError> {
-    Ok(axum::Json(chat::unread_counts(&state, &user).await?))
+) -> Result<axum::Json<UnreadCounts>, ApiError> {
+    Ok(axum::Json(state.chat.unread_counts(&user.0).await?))
 }
 
 /// Users online now (polled within the online window, 5 minutes by default).
@@ -636,6 +635,6 @@ async fn unread_count(
 async fn online_users(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<axum::Json<OnlineUsers>, AppError> {
-    Ok(axum::Json(chat::online_users(&state, &user).await?))
+) -> Result<axum::Json<OnlineUsers>, ApiError> {
+    Ok(axum::Json(state.chat.online_users(&user.0).await?))
 }

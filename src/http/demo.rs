@@ -13,7 +13,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    error::{AppError, ErrorBody},
+    http::error::{ApiError, ErrorBody},
     state::AppState,
 };
 
@@ -41,11 +41,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The 404 every demo path answers when the demo is off.
-fn enabled(state: &AppState) -> Result<(), AppError> {
+fn enabled(state: &AppState) -> Result<(), ApiError> {
     if state.config.demo {
         Ok(())
     } else {
-        Err(AppError::NotFound(
+        Err(ApiError::NotFound(
             "the demo page is off (start Postbox with --demo)".into(),
         ))
     }
@@ -70,7 +70,7 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
         (status = 303, description = "To `/demo/`"),
         (status = 404, description = "The demo is off", body = ErrorBody),
     ))]
-async fn demo_redirect(State(state): State<AppState>) -> Result<Redirect, AppError> {
+async fn demo_redirect(State(state): State<AppState>) -> Result<Redirect, ApiError> {
     enabled(&state)?;
     Ok(Redirect::to("/demo/"))
 }
@@ -81,7 +81,7 @@ async fn demo_redirect(State(state): State<AppState>) -> Result<Redirect, AppErr
         (status = 200, description = "HTML page", content_type = "text/html", body = String),
         (status = 404, description = "The demo is off", body = ErrorBody),
     ))]
-async fn demo_page(State(state): State<AppState>) -> Result<Response, AppError> {
+async fn demo_page(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
     let mut resp = file("text/html; charset=utf-8", INDEX_HTML);
     resp.headers_mut().insert(
@@ -101,7 +101,7 @@ async fn demo_page(State(state): State<AppState>) -> Result<Response, AppError> 
         (status = 200, description = "ES module", content_type = "text/javascript", body = String),
         (status = 404, description = "The demo is off", body = ErrorBody),
     ))]
-async fn demo_script(State(state): State<AppState>) -> Result<Response, AppError> {
+async fn demo_script(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
     Ok(file("text/javascript; charset=utf-8", DEMO_JS))
 }
@@ -112,7 +112,7 @@ async fn demo_script(State(state): State<AppState>) -> Result<Response, AppError
         (status = 200, description = "Stylesheet", content_type = "text/css", body = String),
         (status = 404, description = "The demo is off", body = ErrorBody),
     ))]
-async fn demo_stylesheet(State(state): State<AppState>) -> Result<Response, AppError> {
+async fn demo_stylesheet(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
     Ok(file("text/css; charset=utf-8", DEMO_CSS))
 }

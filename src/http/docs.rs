@@ -9,7 +9,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{error::ErrorBody, state::AppState};
+use crate::{http::error::ErrorBody, state::AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -82,8 +82,7 @@ macro_rules! literal_schema {
 }
 pub(crate) use literal_schema;
 
-/// The largest id the API accepts (15 digits: exact in JavaScript numbers too).
-pub const MAX_ID: i64 = 999_999_999_999_999;
+pub use crate::validate::MAX_ID;
 
 /// A positive id as a JSON number or a numeric string (DRF clients send either).
 pub fn id_schema() -> serde_json::Value {

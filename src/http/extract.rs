@@ -11,15 +11,15 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use crate::error::AppError;
+use crate::http::error::ApiError;
 
 /// `axum::Json` with JSON errors: 400 for bad JSON or fields, 413 too large, 415 wrong content type.
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
-    type Rejection = AppError;
+    type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(rejection) => Err(json_rejection(rejection)),
@@ -27,37 +27,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> AppError {
+fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => AppError::UnsupportedMediaType(
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "expected a JSON body with `Content-Type: application/json`".into(),
         ),
         JsonRejection::JsonDataError(e) => {
-            AppError::BadRequest(format!("invalid field: {}", e.body_text()))
+            ApiError::BadRequest(format!("invalid field: {}", e.body_text()))
         }
         JsonRejection::JsonSyntaxError(e) => {
-            AppError::BadRequest(format!("malformed JSON: {}", e.body_text()))
+            ApiError::BadRequest(format!("malformed JSON: {}", e.body_text()))
         }
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            AppError::PayloadTooLarge("request body is too large".into())
+            ApiError::PayloadTooLarge("request body is too large".into())
         }
-        other => AppError::BadRequest(other.body_text()),
+        other => ApiError::BadRequest(other.body_text()),
     }
 }
 
 /// Parses a JSON body read by hand (optional bodies), with the same errors as [`Json`].
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => AppError::BadRequest(format!("invalid field: {e}")),
-        _ => AppError::BadRequest(format!("malformed JSON: {e}")),
+        serde_json::error::Category::Data => ApiError::BadRequest(format!("invalid field: {e}")),
+        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
     })
 }
 
 /// Reads a body of at most `limit` bytes, whatever the route's body limit: 413 at once when the
 /// request announces more (`Content-Length`), or as soon as more arrived; nothing beyond is read.
-pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, AppError> {
+pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let too_large =
-        || AppError::PayloadTooLarge(format!("request body is larger than {limit} bytes"));
+        || ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"));
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -70,7 +70,7 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, AppError> {
     let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk
-            .map_err(|e| AppError::BadRequest(format!("could not read the request body: {e}")))?;
+            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
         if bytes.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -83,15 +83,15 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, AppError> {
 pub struct Query<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
-    type Rejection = AppError;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(AppError::BadRequest(
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::BadRequest(
                 format!("invalid query string: {}", e.body_text()),
             )),
-            Err(other) => Err(AppError::BadRequest(other.body_text())),
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
     }
 }

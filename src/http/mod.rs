@@ -1,12 +1,14 @@
 //! The HTTP layer: routes, middleware, extractors. Handlers are thin: they parse input, call the domain
-//! (`chat`, `broker`, `db`) and shape the answer. Errors become JSON through [`crate::error::AppError`].
+//! (`chat`, `broker`, `db`) and shape the answer. Errors become JSON through [`crate::http::error::ApiError`].
 
 pub mod account;
 pub mod admin;
 pub mod assets;
+pub mod auth;
 pub mod chats;
 pub mod demo;
 pub mod docs;
+pub mod error;
 pub mod extract;
 pub mod notifications;
 pub mod ops;
@@ -35,7 +37,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     config::{Config, CorsOrigins},
-    error::AppError,
+    http::error::ApiError,
     state::AppState,
 };
 
@@ -103,7 +105,7 @@ pub fn router(state: AppState) -> Router {
                     // The path only: query strings may carry `?token=`.
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
                 })
-                // Failures are logged once, by `AppError` (with their cause), not again here.
+                // Failures are logged once, by `ApiError` (with their cause), not again here.
                 .on_failure(())
                 .on_response(|resp: &Response, latency: Duration, _span: &tracing::Span| {
                     tracing::info!(status = resp.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "response");
@@ -156,17 +158,17 @@ fn cors(config: &Config) -> Option<CorsLayer> {
     )
 }
 
-async fn not_found() -> AppError {
-    AppError::NotFound("no such endpoint".into())
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
 }
 
-async fn method_not_allowed() -> AppError {
-    AppError::MethodNotAllowed("method not allowed on this endpoint".into())
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    let mut resp = AppError::Internal("handler panicked".into()).into_response();
+    let mut resp = ApiError::Internal("handler panicked".into()).into_response();
     *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     resp
 }

@@ -10,17 +10,19 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accounts::tokens::{AuthUser, ServiceCaller},
-    chat::text,
-    error::{AppError, ErrorBody},
     http::{
+        auth::{AuthUser, ServiceCaller},
         chats::{Id, Int},
         docs::{MAX_ID, id_schema, literal_schema},
+        error::{ApiError, ErrorBody},
         extract::{Json, Query},
     },
-    notify::publish::{self, Published},
-    notify::{self, Created, Draft, MarkedAll, NotificationPage, NotificationView, Target},
+    notify::{
+        self, Created, Draft, MarkedAll, NotificationPage, NotificationView, Target,
+        publish::{self, Published},
+    },
     state::AppState,
+    validate as text,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -66,11 +68,11 @@ async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(params): Query<ListParams>,
-) -> Result<axum::Json<NotificationPage>, AppError> {
+) -> Result<axum::Json<NotificationPage>, ApiError> {
     let unread = match params.unread.as_deref() {
         None | Some("false" | "0" | "") => false,
         Some("true" | "1") => true,
-        Some(_) => return Err(AppError::field("unread", "must be true or false")),
+        Some(_) => return Err(ApiError::field("unread", "must be true or false")),
     };
     let before = params
         .before
@@ -80,11 +82,11 @@ async fn list(
         None => 50,
         Some(l) => match l.trim().parse::<u64>() {
             Ok(n) if (1..=notify::MAX_PAGE).contains(&n) => n,
-            _ => return Err(AppError::field("limit", "must be an integer from 1 to 200")),
+            _ => return Err(ApiError::field("limit", "must be an integer from 1 to 200")),
         },
     };
     Ok(axum::Json(
-        notify::list(&state, &user, unread, before, limit).await?,
+        state.notify.list(&user, unread, before, limit).await?,
     ))
 }
 
@@ -162,33 +164,34 @@ async fn create(
     State(state): State<AppState>,
     caller: AuthUser,
     Json(body): Json<CreateBody>,
-) -> Result<(StatusCode, axum::Json<Created>), AppError> {
-    caller.require(crate::accounts::tokens::Role::Staff)?;
+) -> Result<(StatusCode, axum::Json<Created>), ApiError> {
+    crate::accounts::require(&caller.0, crate::accounts::tokens::Role::Staff)?;
     let target = match (body.user_id, body.college_id) {
         (Some(user), None) => Target::User(user.parse("user_id")?),
         (None, Some(college)) => Target::College(
             college
                 .within(0..=MAX_ID)
-                .ok_or_else(|| AppError::field("college_id", "must be a positive integer"))?,
+                .ok_or_else(|| ApiError::field("college_id", "must be a positive integer"))?,
         ),
         _ => {
-            return Err(AppError::BadRequest(
+            return Err(ApiError::BadRequest(
                 "give exactly one of `user_id` and `college_id`".into(),
             ));
         }
     };
-    let created = notify::create_as(
-        &state,
-        &caller,
-        Draft {
-            target,
-            title: body.title,
-            message: body.message.unwrap_or_default(),
-            notification_type: body.notification_type,
-            data: body.data,
-        },
-    )
-    .await?;
+    let created = state
+        .notify
+        .create_as(
+            &caller.0,
+            Draft {
+                target,
+                title: body.title,
+                message: body.message.unwrap_or_default(),
+                notification_type: body.notification_type,
+                data: body.data,
+            },
+        )
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
@@ -211,9 +214,9 @@ async fn mark_read(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-) -> Result<axum::Json<NotificationView>, AppError> {
+) -> Result<axum::Json<NotificationView>, ApiError> {
     let id = Id::Text(id).parse("id")?;
-    Ok(axum::Json(notify::mark_read(&state, &user, id).await?))
+    Ok(axum::Json(state.notify.mark_read(&user, id).await?))
 }
 
 /// Mark every notification of the caller read.
@@ -231,8 +234,8 @@ async fn mark_read(
 async fn mark_all_read(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-) -> Result<axum::Json<MarkedAll>, AppError> {
-    Ok(axum::Json(notify::mark_all_read(&state, &user).await?))
+) -> Result<axum::Json<MarkedAll>, ApiError> {
+    Ok(axum::Json(state.notify.mark_all_read(&user).await?))
 }
 
 /// An event from a host application.
@@ -297,7 +300,7 @@ async fn publish_event(
     State(state): State<AppState>,
     caller: ServiceCaller,
     Json(body): Json<PublishBody>,
-) -> Result<axum::Json<Published>, AppError> {
+) -> Result<axum::Json<Published>, ApiError> {
     let users = body
         .users
         .map(|users| {
@@ -305,7 +308,7 @@ async fn publish_event(
                 .into_iter()
                 .map(|u| {
                     u.within(1..=MAX_ID)
-                        .ok_or_else(|| AppError::field("users", "ids must be positive integers"))
+                        .ok_or_else(|| ApiError::field("users", "ids must be positive integers"))
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -314,20 +317,21 @@ async fn publish_event(
         .college_id
         .map(|c| {
             c.within(0..=MAX_ID)
-                .ok_or_else(|| AppError::field("college_id", "must be a positive integer"))
+                .ok_or_else(|| ApiError::field("college_id", "must be a positive integer"))
         })
         .transpose()?;
     Ok(axum::Json(
-        publish::publish(
-            &state,
-            &caller,
-            publish::Request {
-                event: body.event,
-                data: body.data,
-                users,
-                college_id,
-            },
-        )
-        .await?,
+        state
+            .notify
+            .publish(
+                &caller.0,
+                publish::Request {
+                    event: body.event,
+                    data: body.data,
+                    users,
+                    college_id,
+                },
+            )
+            .await?,
     ))
 }

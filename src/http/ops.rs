@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     db,
-    error::{AppError, ErrorBody},
+    http::error::{ApiError, ErrorBody},
     state::AppState,
     telemetry::{self, names},
 };
@@ -52,7 +52,7 @@ async fn healthz() -> axum::Json<Health> {
         (status = 200, description = "Ready to serve", body = Health),
         (status = 503, description = "The database or the broker is unreachable", body = ErrorBody),
     ))]
-async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, AppError> {
+async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
     db::ping(&state.db).await?;
     state.broker.ping().await?;
     Ok(axum::Json(Health {

@@ -19,12 +19,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accounts::tokens::{AuthUser, PollingUser},
-    broker::hub::Lease,
-    error::{AppError, ErrorBody},
-    events::{Event, kind, unix_now},
-    http::extract::{Query, parse_json},
-    limits::PollSlot,
+    delivery::{Ack, Batch, DeliveryError, Session},
+    events::{Event, unix_now},
+    http::{
+        auth::{AuthUser, PollingUser},
+        error::{ApiError, ErrorBody},
+        extract::{Query, parse_json},
+    },
     state::AppState,
     telemetry::names,
 };
@@ -92,20 +93,10 @@ pub struct PollParams {
 )]
 async fn events(
     State(state): State<AppState>,
-    PollingUser {
-        user,
-        key_hash,
-        expires_at,
-    }: PollingUser,
+    PollingUser(caller): PollingUser,
     Query(params): Query<PollParams>,
-) -> Result<Response, AppError> {
+) -> Result<Response, ApiError> {
     // Validate everything before any side effect (registration, presence).
-    if params.last_event_id.as_ref().is_some_and(|l| l.len() > 64) {
-        return Err(AppError::field(
-            "last_event_id",
-            "is longer than 64 characters",
-        ));
-    }
     let hold = match params.timeout.as_deref() {
         None => state.config.poll_timeout(),
         Some(t) => match t.parse::<f64>() {
@@ -113,77 +104,55 @@ async fn events(
                 std::time::Duration::from_secs_f64(secs.min(state.config.max_hold_secs))
             }
             _ => {
-                return Err(AppError::field(
+                return Err(ApiError::field(
                     "timeout",
                     "must be a number of seconds from 0 to 60",
                 ));
             }
         },
     };
-    // Counted against the user's cap until the answer was handed over or dropped.
-    let slot = state.poll_slots.acquire(user.id)?;
-    // Boxed: the database work of opening is large and done before the wait; inline, its future would
-    // stay part of this handler's state for the whole hold.
-    let crate::delivery::clients::Opened { postbox, gap } = Box::pin(
-        crate::delivery::clients::open(&state, &user, params.client_id.as_deref()),
-    )
-    .await?;
-    // A gap is announced at once, with whatever the postbox holds right now.
-    let deadline = tokio::time::Instant::now()
-        + if gap.is_some() {
-            std::time::Duration::ZERO
-        } else {
-            hold
-        };
-    let max = state.config.queue_max_length as usize;
-    let mut tracker = PollTracker::start(slot);
-    let waiting = state.waiting.register(&key_hash, expires_at);
     // Cursor mode for registered clients and for anyone sending a cursor; seed mode otherwise.
-    let cursor = (params.client_id.is_some() || params.last_event_id.is_some())
-        .then(|| params.last_event_id.as_deref().filter(|l| !l.is_empty()));
-    let wait = state.broker.hub().wait(&postbox, deadline, max, cursor);
-    let result = tokio::select! {
-        // A revoked or expired token gets nothing, even when events are ready.
-        biased;
-        ended = waiting.ended() => {
-            tracker.finish(ended.outcome());
-            return Err(AppError::Unauthorized(ended.detail().into()));
-        }
-        r = wait => r,
+    let ack = if params.client_id.is_some() || params.last_event_id.is_some() {
+        Ack::Cursor(params.last_event_id)
+    } else {
+        Ack::OnHandOver
     };
-    drop(waiting);
-    let lease = match result {
-        Ok(lease) => lease,
+    let mut session = state
+        .delivery
+        .open(&caller, params.client_id.as_deref(), ack)
+        .await?;
+    let mut tracker = PollTracker::start();
+    let batch = match session.next(tokio::time::Instant::now() + hold).await {
+        Ok(batch) => batch,
+        Err(DeliveryError::Ended(ended)) => {
+            tracker.finish(ended.outcome());
+            return Err(DeliveryError::Ended(ended).into());
+        }
         Err(e) => {
             tracker.finish("error");
             return Err(e.into());
         }
     };
-    if lease.is_empty() && gap.is_none() {
-        tracker.finish(if lease.attaching() {
+    if batch.is_empty() {
+        tracker.finish(if batch.attaching() {
             "attaching"
         } else {
             "timeout"
         });
     }
-    Ok(poll_response(state, user.id, lease, gap, tracker))
+    Ok(poll_response(session, batch, tracker))
 }
 
 /// Counts a poll in flight until it finishes, and its outcome. A poll dropped before it finished (the
-/// client went away while it waited or before the answer was written) counts as `disconnected`. Holds
-/// the poll's slot under the user's cap until dropped.
+/// client went away while it waited or before the answer was written) counts as `disconnected`.
 struct PollTracker {
     outcome: Option<&'static str>,
-    _slot: PollSlot,
 }
 
 impl PollTracker {
-    fn start(slot: PollSlot) -> Self {
+    fn start() -> Self {
         metrics::gauge!(names::POLLS_IN_FLIGHT).increment(1.0);
-        PollTracker {
-            outcome: None,
-            _slot: slot,
-        }
+        PollTracker { outcome: None }
     }
 
     fn finish(&mut self, outcome: &'static str) {
@@ -201,77 +170,31 @@ impl Drop for PollTracker {
     }
 }
 
-/// Reads the event bodies a poll or a stream hands to `user_id`: records each event's delivery latency
-/// and returns the ids of the chat messages addressed to that user (to be marked delivered once the
-/// answer is handed over).
-pub(crate) fn handed_over<'a>(user_id: i64, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<i64> {
-    #[derive(Deserialize)]
-    struct Peek {
-        event: String,
-        timestamp: f64,
-        data: PeekData,
-    }
-    #[derive(Deserialize)]
-    struct PeekData {
-        id: Option<i64>,
-        receiver_id: Option<i64>,
-    }
-    let now = unix_now();
-    let mut messages = Vec::new();
-    for p in payloads {
-        let Ok(peek) = serde_json::from_slice::<Peek>(p) else {
-            continue;
-        };
-        metrics::histogram!(names::DELIVERY_LATENCY).record((now - peek.timestamp).max(0.0));
-        if peek.event == kind::MESSAGE
-            && peek.data.receiver_id == Some(user_id)
-            && let Some(id) = peek.data.id
-        {
-            messages.push(id);
-        }
-    }
-    messages
-}
-
 /// `{"events":[...],"timestamp":...}` built from the raw event bodies, acknowledging them once sent.
-fn poll_response(
-    state: AppState,
-    user_id: i64,
-    lease: Lease,
-    gap: Option<crate::db::entities::gap::Model>,
-    mut tracker: PollTracker,
-) -> Response {
-    let resync = gap
-        .as_ref()
-        .map(|g| crate::delivery::gaps::resync_event(g).to_bytes());
-    let mut body = Vec::with_capacity(64 + lease.payloads().map(<[u8]>::len).sum::<usize>());
+/// The session (the user's slot under the poll cap) is held until the answer was written.
+fn poll_response(session: Session, batch: Batch, mut tracker: PollTracker) -> Response {
+    let mut body = Vec::with_capacity(64 + batch.payloads().map(<[u8]>::len).sum::<usize>());
     body.extend_from_slice(b"{\"events\":[");
-    let payloads = || resync.iter().map(Vec::as_slice).chain(lease.payloads());
-    for (i, p) in payloads().enumerate() {
+    for (i, p) in batch.payloads().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         body.extend_from_slice(p);
     }
-    let delivered = handed_over(user_id, payloads());
     body.extend_from_slice(format!("],\"timestamp\":{}}}", unix_now()).as_bytes());
-    let response_body = if lease.is_empty() && gap.is_none() {
+    let response_body = if batch.is_empty() {
+        drop(session);
         Body::from(body)
     } else {
         // The second stream item runs after hyper wrote the first one: only then are the events acked
-        // and the messages marked delivered. If the connection drops before, the stream (and the lease)
+        // and the messages marked delivered. If the connection drops before, the stream (and the batch)
         // is dropped: the events stay queued.
         // No Content-Length on purpose: with one, hyper stops polling the body after the last byte and
         // the acknowledging item would never run (chunked encoding makes it poll to the end).
         let ack = stream::once(async move {
-            lease.handed_over().await;
+            batch.handed_over().await;
             tracker.finish("events");
-            if let Some(gap) = gap
-                && let Err(e) = crate::db::gaps::clear(&state.db, &gap).await
-            {
-                tracing::warn!(error = %e, "could not clear an announced gap; it will be announced again");
-            }
-            state.deliveries.record(user_id, delivered);
+            drop(session);
         })
         .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
         Body::from_stream(stream::once(async move { Ok(Bytes::from(body)) }).chain(ack))
@@ -328,22 +251,17 @@ async fn register(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     body: Bytes,
-) -> Result<(StatusCode, axum::Json<Registered>), AppError> {
+) -> Result<(StatusCode, axum::Json<Registered>), ApiError> {
     let body: RegisterBody = if body.is_empty() {
         RegisterBody::default()
     } else {
         parse_json::<Option<RegisterBody>>(&body)?.unwrap_or_default()
     };
-    let client_id = body
-        .client_id
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let (postbox, _) = state.clients.register(&state, &user, &client_id).await?;
-    // Create the queue now, so events from this moment on are kept for the client.
-    state.broker.declare_postbox(&postbox).await?;
+    let (client_id, queue) = state.delivery.register(&user, body.client_id).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(Registered {
-            queue: state.broker.topology().queue(&postbox),
+            queue,
             client_id,
             user_id: user.id,
         }),
@@ -397,10 +315,8 @@ pub struct DisconnectResponse {
 async fn disconnect(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-) -> Result<axum::Json<DisconnectResponse>, AppError> {
-    state.presence.offline(user.id).await?;
-    let hub = state.broker.hub();
-    hub.release(&state.broker.topology().user_queue(user.id));
+) -> Result<axum::Json<DisconnectResponse>, ApiError> {
+    state.delivery.disconnect(user.id).await?;
     Ok(axum::Json(DisconnectResponse {
         status: "disconnected".into(),
         user_id: user.id,

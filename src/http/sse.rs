@@ -19,18 +19,20 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accounts::tokens::PollingUser,
-    broker::{Postbox, hub::Lease},
-    delivery::waiting::WaitingGuard,
-    error::{AppError, ErrorBody},
+    delivery::{Ack, Batch, DeliveryError, Session},
     events::{Event, unix_now},
-    http::docs::literal_schema,
+    http::{
+        auth::PollingUser,
+        docs::literal_schema,
+        error::{ApiError, ErrorBody},
+        extract::Query,
+    },
     state::AppState,
 };
 
@@ -88,19 +90,15 @@ fn record(id: Option<&str>, event: &str, data: &str) -> Bytes {
 }
 
 /// The SSE records of a batch of events (envelopes as stored in the postbox).
-fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
+fn records<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Bytes {
     let mut out = Vec::new();
-    let mut last = None;
     for p in payloads {
-        match serde_json::from_slice::<Event>(&p) {
-            Ok(e) => {
-                out.extend_from_slice(&record(Some(&e.id), &e.event, &e.data.to_string()));
-                last = Some(e.id);
-            }
+        match serde_json::from_slice::<Event>(p) {
+            Ok(e) => out.extend_from_slice(&record(Some(&e.id), &e.event, &e.data.to_string())),
             Err(e) => tracing::warn!(error = %e, "skipping an event that is not an envelope"),
         }
     }
-    (Bytes::from(out), last)
+    Bytes::from(out)
 }
 
 /// Stream events (Server-Sent Events).
@@ -125,16 +123,12 @@ fn records(payloads: impl Iterator<Item = Vec<u8>>) -> (Bytes, Option<String>) {
 )]
 async fn events(
     State(state): State<AppState>,
-    PollingUser {
-        user,
-        key_hash,
-        expires_at,
-    }: PollingUser,
+    PollingUser(caller): PollingUser,
     headers: HeaderMap,
-    crate::http::extract::Query(params): crate::http::extract::Query<SseParams>,
-) -> Result<Response, AppError> {
+    Query(params): Query<SseParams>,
+) -> Result<Response, ApiError> {
     if params.last_event_id.as_ref().is_some_and(|c| c.len() > 64) {
-        return Err(AppError::field(
+        return Err(ApiError::field(
             "last_event_id",
             "is longer than 64 characters",
         ));
@@ -146,47 +140,27 @@ async fn events(
     let cursor = header_cursor
         .or(params.last_event_id)
         .filter(|c| !c.is_empty());
-    if cursor.as_ref().is_some_and(|c| c.len() > 64) {
-        return Err(AppError::field(
-            "last_event_id",
-            "is longer than 64 characters",
-        ));
-    }
-    // Counted against the user's cap until the stream ends or the client goes away.
-    let slot = state.poll_slots.acquire(user.id)?;
-    let crate::delivery::clients::Opened { postbox, gap } = Box::pin(
-        crate::delivery::clients::open(&state, &user, params.client_id.as_deref()),
-    )
-    .await?;
-    let waiting = state.waiting.register(&key_hash, expires_at);
+    let session = state
+        .delivery
+        .open(&caller, params.client_id.as_deref(), Ack::Cursor(cursor))
+        .await?;
     let connected = record(
         None,
         "connected",
-        &json!({
-            "user_id": user.id,
-            "client_id": params.client_id,
-            "heartbeat": state.config.sse_heartbeat_secs,
-            "timestamp": unix_now(),
+        &serde_json::to_string(&Connected {
+            user_id: caller.user.id,
+            client_id: params.client_id,
+            heartbeat: state.config.sse_heartbeat_secs,
+            timestamp: unix_now(),
         })
-        .to_string(),
+        .expect("records serialise"),
     );
-    let resync = gap.as_ref().map(|g| {
-        let e = crate::delivery::gaps::resync_event(g);
-        record(Some(&e.id), &e.event, &e.data.to_string())
-    });
     let stream_state = Stream {
         ends_at: tokio::time::Instant::now() + state.config.sse_max_duration(),
-        state,
-        user,
-        postbox,
-        cursor,
-        pending: None,
-        pending_messages: Vec::new(),
+        heartbeat: Duration::from_secs_f64(state.config.sse_heartbeat_secs),
+        session,
+        written: None,
         first: Some(connected),
-        resync,
-        gap,
-        waiting,
-        _slot: slot,
     };
     let body = Body::from_stream(stream::unfold(stream_state, next_record));
     let mut resp = body.into_response();
@@ -200,22 +174,30 @@ async fn events(
     Ok(resp)
 }
 
+/// The `connected` record's data.
+#[derive(Serialize)]
+struct Connected {
+    user_id: i64,
+    client_id: Option<String>,
+    /// Seconds between heartbeats.
+    heartbeat: f64,
+    timestamp: f64,
+}
+
+/// The `heartbeat` record's data.
+#[derive(Serialize)]
+struct Heartbeat {
+    timestamp: f64,
+}
+
 struct Stream {
-    state: AppState,
-    user: crate::db::entities::user::Model,
-    postbox: Postbox,
-    /// The last event id the client has (from `Last-Event-ID`, then the last one written).
-    cursor: Option<String>,
-    /// The batch written last: confirmed when the stream asks for the next record.
-    pending: Option<Lease>,
-    /// The chat messages to this user in that batch: delivered once it is confirmed.
-    pending_messages: Vec<i64>,
+    session: Session,
+    /// The batch written last: handed over when the stream asks for the next record (it reached the
+    /// connection then).
+    written: Option<Batch>,
     first: Option<Bytes>,
-    resync: Option<Bytes>,
-    gap: Option<crate::db::entities::gap::Model>,
-    waiting: WaitingGuard,
+    heartbeat: Duration,
     ends_at: tokio::time::Instant,
-    _slot: crate::limits::PollSlot,
 }
 
 /// Produces the stream's next record; `None` ends it.
@@ -224,56 +206,33 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
         return Some((Ok(first), s));
     }
     // hyper asked for more: what was written before reached the connection.
-    if let Some(lease) = s.pending.take() {
-        lease.handed_over().await;
-        let messages = std::mem::take(&mut s.pending_messages);
-        s.state.deliveries.record(s.user.id, messages);
-    }
-    if let Some(resync) = s.resync.take() {
-        if let Some(gap) = s.gap.take()
-            && let Err(e) = crate::db::gaps::clear(&s.state.db, &gap).await
-        {
-            tracing::warn!(error = %e, "could not clear an announced gap");
-        }
-        return Some((Ok(resync), s));
+    if let Some(batch) = s.written.take() {
+        batch.handed_over().await;
     }
     let now = tokio::time::Instant::now();
-    if now >= s.ends_at || s.state.broker.hub().is_shutting_down() || s.waiting.over().is_some() {
+    if now >= s.ends_at || s.session.closing() || s.session.ended().is_some() {
         return None;
     }
-    s.state.presence.seen(s.user.id).await;
-    let heartbeat = Duration::from_secs_f64(s.state.config.sse_heartbeat_secs);
-    let deadline = (now + heartbeat).min(s.ends_at);
-    let max = s.state.config.queue_max_length as usize;
-    let wait = s
-        .state
-        .broker
-        .hub()
-        .wait(&s.postbox, deadline, max, Some(s.cursor.as_deref()));
-    let lease = tokio::select! {
-        biased;
-        // A revoked or expired token ends the stream (a reconnect then gets 401).
-        _ = s.waiting.ended() => return None,
-        r = wait => r,
-    };
-    match lease {
-        Ok(lease) if lease.is_empty() => {
+    let deadline = (now + s.heartbeat).min(s.ends_at);
+    match s.session.next(deadline).await {
+        Ok(batch) if batch.is_empty() => {
             let beat = record(
                 None,
                 "heartbeat",
-                &json!({"timestamp": unix_now()}).to_string(),
+                &serde_json::to_string(&Heartbeat {
+                    timestamp: unix_now(),
+                })
+                .expect("records serialise"),
             );
             Some((Ok(beat), s))
         }
-        Ok(lease) => {
-            s.pending_messages = super::poll::handed_over(s.user.id, lease.payloads());
-            let (bytes, last) = records(lease.payloads().map(<[u8]>::to_vec));
-            if let Some(last) = last {
-                s.cursor = Some(last);
-            }
-            s.pending = Some(lease);
+        Ok(batch) => {
+            let bytes = records(batch.payloads());
+            s.written = Some(batch);
             Some((Ok(bytes), s))
         }
+        // A revoked or expired token ends the stream (a reconnect then gets 401).
+        Err(DeliveryError::Ended(_)) => None,
         Err(e) => {
             tracing::warn!(error = %e, "SSE stream ends: the broker is unavailable");
             None

@@ -12,16 +12,16 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accounts::tokens::AuthUser,
-    chat::text,
-    error::{AppError, ErrorBody},
     http::{
+        auth::AuthUser,
         chats::Id,
         docs::literal_schema,
+        error::{ApiError, ErrorBody},
         extract::{Json, Query, query_time},
     },
     state::AppState,
-    support::{self, Agent, StatusFilter, SupportChatView, SupportMessageView, SupportMessages},
+    support::{Agent, StatusFilter, SupportChatView, SupportMessageView, SupportMessages},
+    validate as text,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,10 +42,10 @@ pub struct SinceParams {
 }
 
 /// `since` as a time (see [`query_time`]).
-fn parse_since(since: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
+fn parse_since(since: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     let Some(s) = since else { return Ok(None) };
     query_time(s).map(Some).ok_or_else(|| {
-        AppError::field(
+        ApiError::field(
             "since",
             "must be an RFC 3339 time, e.g. 2025-10-14T23:30:00.000Z",
         )
@@ -72,9 +72,9 @@ literal_schema!(
 );
 
 impl SupportBody {
-    fn text(self) -> Result<String, AppError> {
+    fn text(self) -> Result<String, ApiError> {
         self.message
-            .ok_or_else(|| AppError::field("message", "this field is required"))
+            .ok_or_else(|| ApiError::field("message", "this field is required"))
     }
 }
 
@@ -110,8 +110,8 @@ fn status_schema() -> utoipa::openapi::schema::Schema {
 async fn my_chat(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<axum::Json<SupportChatView>, AppError> {
-    Ok(axum::Json(support::my_chat(&state, &user).await?))
+) -> Result<axum::Json<SupportChatView>, ApiError> {
+    Ok(axum::Json(state.support.my_chat(&user.0).await?))
 }
 
 /// Read the caller's support messages (seed 003's polling endpoint).
@@ -138,11 +138,9 @@ async fn my_messages(
     State(state): State<AppState>,
     user: AuthUser,
     Query(params): Query<SinceParams>,
-) -> Result<axum::Json<SupportMessages>, AppError> {
+) -> Result<axum::Json<SupportMessages>, ApiError> {
     let since = parse_since(params.since.as_deref())?;
-    Ok(axum::Json(
-        support::my_messages(&state, &user, since).await?,
-    ))
+    Ok(axum::Json(state.support.my_messages(&user.0, since).await?))
 }
 
 /// Write to the support agents.
@@ -169,8 +167,8 @@ async fn my_send(
     State(state): State<AppState>,
     user: AuthUser,
     Json(body): Json<SupportBody>,
-) -> Result<(StatusCode, axum::Json<SupportMessageView>), AppError> {
-    let view = support::send_as_user(&state, &user, body.text()?).await?;
+) -> Result<(StatusCode, axum::Json<SupportMessageView>), ApiError> {
+    let view = state.support.send_as_user(&user.0, body.text()?).await?;
     Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
@@ -195,17 +193,15 @@ async fn list_chats(
     State(state): State<AppState>,
     user: AuthUser,
     Query(params): Query<ListParams>,
-) -> Result<axum::Json<Vec<SupportChatView>>, AppError> {
-    let agent = Agent::new(&user)?;
+) -> Result<axum::Json<Vec<SupportChatView>>, ApiError> {
+    let agent = Agent::new(&user.0)?;
     let status = match params.status.as_deref() {
         None => None,
         Some("open") => Some(StatusFilter::Open),
         Some("closed") => Some(StatusFilter::Closed),
-        Some(_) => return Err(AppError::field("status", "must be `open` or `closed`")),
+        Some(_) => return Err(ApiError::field("status", "must be `open` or `closed`")),
     };
-    Ok(axum::Json(
-        support::list_chats(&state, &agent, status).await?,
-    ))
+    Ok(axum::Json(state.support.list_chats(&agent, status).await?))
 }
 
 /// Read a support chat's messages (agents only).
@@ -232,12 +228,12 @@ async fn chat_messages(
     user: AuthUser,
     Path(chat_id): Path<String>,
     Query(params): Query<SinceParams>,
-) -> Result<axum::Json<SupportMessages>, AppError> {
-    let agent = Agent::new(&user)?;
+) -> Result<axum::Json<SupportMessages>, ApiError> {
+    let agent = Agent::new(&user.0)?;
     let chat_id = Id::Text(chat_id).parse("chat_id")?;
     let since = parse_since(params.since.as_deref())?;
     Ok(axum::Json(
-        support::chat_messages(&state, &agent, chat_id, since).await?,
+        state.support.chat_messages(&agent, chat_id, since).await?,
     ))
 }
 
@@ -269,10 +265,13 @@ async fn agent_send(
     user: AuthUser,
     Path(chat_id): Path<String>,
     Json(body): Json<SupportBody>,
-) -> Result<(StatusCode, axum::Json<SupportMessageView>), AppError> {
-    let agent = Agent::new(&user)?;
+) -> Result<(StatusCode, axum::Json<SupportMessageView>), ApiError> {
+    let agent = Agent::new(&user.0)?;
     let chat_id = Id::Text(chat_id).parse("chat_id")?;
-    let view = support::send_as_agent(&state, &agent, chat_id, body.text()?).await?;
+    let view = state
+        .support
+        .send_as_agent(&agent, chat_id, body.text()?)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
@@ -299,10 +298,10 @@ async fn close_chat(
     State(state): State<AppState>,
     user: AuthUser,
     Path(chat_id): Path<String>,
-) -> Result<axum::Json<SupportChatView>, AppError> {
-    let agent = Agent::new(&user)?;
+) -> Result<axum::Json<SupportChatView>, ApiError> {
+    let agent = Agent::new(&user.0)?;
     let chat_id = Id::Text(chat_id).parse("chat_id")?;
-    Ok(axum::Json(support::close(&state, &agent, chat_id).await?))
+    Ok(axum::Json(state.support.close(&agent, chat_id).await?))
 }
 
 #[cfg(test)]

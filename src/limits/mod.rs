@@ -1,51 +1,59 @@
-//! Per-key limits, in memory, per instance; an over-limit call is answered 429 with `Retry-After`:
-//! rates (typing events and messages per sender, a fixed one-second window) and concurrency (long polls
-//! and event streams held at once per user, [`PollSlots`]).
+//! Per-key limits, in memory, per instance: rates (typing events and messages per sender: governor's
+//! GCRA, a burst of the per-second rate refilled evenly), concurrency (long polls and event streams held
+//! at once per user, [`PollSlots`]) and throttles of signals ([`throttle`]). A refusal is a
+//! [`RateLimited`], answered 429 with `Retry-After`.
 
 pub mod throttle;
 
 use std::{
     collections::HashMap,
+    num::NonZeroU32,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
-use crate::error::AppError;
+use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 
+/// A call refused by a limit: what to tell the caller, and when to try again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct RateLimited {
+    pub detail: String,
+    pub retry_after_secs: u64,
+}
+
+/// Calls per second per key (a user id). Cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
     per_second: u32,
-    windows: Arc<Mutex<HashMap<i64, (Instant, u32)>>>,
+    limiter: Arc<DefaultKeyedRateLimiter<i64>>,
 }
+
+/// Keys remembered before idle ones are forgotten (a key whose bucket is full again holds no state
+/// worth keeping).
+const MAX_KEYS: usize = 100_000;
 
 impl RateLimiter {
     pub fn new(per_second: u32) -> Self {
+        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
         RateLimiter {
             per_second,
-            windows: Arc::new(Mutex::new(HashMap::new())),
+            limiter: Arc::new(governor::RateLimiter::keyed(Quota::per_second(rate))),
         }
     }
 
-    /// Counts one call for `key`; refuses it when the key already made `per_second` calls this second.
-    pub fn check(&self, key: i64, what: &str) -> Result<(), AppError> {
-        let now = Instant::now();
-        let mut windows = self.windows.lock().expect("rate limiter lock");
-        if windows.len() > 100_000 {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(1));
+    /// Counts one call for `key`; refuses it when the key is beyond its rate. `what` names the calls
+    /// for the message ("messages", "typing events").
+    pub fn check(&self, key: i64, what: &str) -> Result<(), RateLimited> {
+        if self.limiter.len() > MAX_KEYS {
+            self.limiter.retain_recent();
         }
-        let (start, count) = windows.entry(key).or_insert((now, 0));
-        if now.duration_since(*start) >= Duration::from_secs(1) {
-            *start = now;
-            *count = 0;
-        }
-        if *count >= self.per_second {
-            return Err(AppError::RateLimited {
+        self.limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            RateLimited {
                 detail: format!("too many {what}: at most {} per second", self.per_second),
-                retry_after_secs: 1,
-            });
-        }
-        *count += 1;
-        Ok(())
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
     }
 }
 
@@ -77,11 +85,11 @@ impl PollSlots {
     }
 
     /// Admits one more poll or stream of `user_id`, or refuses it when the user already holds `max`.
-    pub fn acquire(&self, user_id: i64) -> Result<PollSlot, AppError> {
+    pub fn acquire(&self, user_id: i64) -> Result<PollSlot, RateLimited> {
         let mut held = self.held.lock().expect("poll slots lock");
         let count = held.entry(user_id).or_insert(0);
         if *count >= self.max {
-            return Err(AppError::RateLimited {
+            return Err(RateLimited {
                 detail: format!(
                     "too many long polls and event streams open for this user: at most {} at once; \
                      close one (one poll per client is enough) or retry later",
@@ -121,7 +129,8 @@ mod tests {
             limiter.check(1, "events").unwrap();
         }
         let err = limiter.check(1, "events").unwrap_err();
-        assert_eq!(err.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(err.detail.contains("at most 3 per second"), "{err}");
+        assert!(err.retry_after_secs >= 1);
         limiter
             .check(2, "events")
             .expect("other keys are independent");
@@ -133,14 +142,7 @@ mod tests {
         let a = slots.acquire(1).unwrap();
         let b = slots.acquire(1).unwrap();
         let err = slots.acquire(1).err().expect("a third is refused");
-        assert_eq!(err.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
-        assert!(matches!(
-            err,
-            AppError::RateLimited {
-                retry_after_secs: 6,
-                ..
-            }
-        ));
+        assert_eq!(err.retry_after_secs, 6);
         let other = slots.acquire(2).expect("other users are independent");
         drop(a);
         let c = slots.acquire(1).expect("a freed slot is reused");

@@ -8,25 +8,77 @@
 
 pub mod publish;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::{
-    accounts::tokens::{AuthUser, Role},
-    broker::{college_routing_key, user_routing_key},
-    chat::publish_committed,
-    chat::text,
+    accounts::{self, Accounts, NeedsRole, tokens::Role},
+    broker::{Broker, BrokerError, college_routing_key, user_routing_key},
+    config::Config,
     db::{
-        self,
+        self, DbError,
         entities::{notification, user},
         notifications::{Audience, NewNotification},
     },
-    error::AppError,
-    events::{Event, kind, rfc3339},
-    http::docs::MAX_ID,
-    state::AppState,
+    delivery::outbox::Outbox,
+    events::{Event, data, rfc3339},
+    validate::{self, Invalid, MAX_ID},
 };
+
+/// Why a notification or a host publish was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Forbidden(#[from] NeedsRole),
+    #[error("user {0} does not exist")]
+    NoSuchUser(i64),
+    /// Users a host publish addressed that do not exist: nothing was published.
+    #[error("no such users: {}; nothing was published", .0.iter().map(i64::to_string).collect::<Vec<_>>().join(", "))]
+    NoSuchUsers(Vec<i64>),
+    #[error("notification {0} not found")]
+    NoSuchNotification(i64),
+    #[error("give exactly one of `users` (a list of user ids) and `college_id`")]
+    NoAudience,
+    /// `data` beyond the event size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// The notifications service (and the host publish API, [`publish`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Notify {
+    db: DatabaseConnection,
+    broker: Broker,
+    outbox: Outbox,
+    accounts: Accounts,
+    limits: Arc<NotifyLimits>,
+}
+
+/// Notify's slice of the configuration.
+#[derive(Debug, Clone)]
+pub struct NotifyLimits {
+    pub max_message_chars: usize,
+    /// Bytes of JSON a notification's or host event's `data` may have.
+    pub max_event_bytes: usize,
+}
+
+impl NotifyLimits {
+    pub fn from_config(config: &Config) -> Self {
+        NotifyLimits {
+            max_message_chars: config.max_message_chars,
+            max_event_bytes: config.max_event_bytes,
+        }
+    }
+}
 
 /// The longest title.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -102,136 +154,204 @@ pub struct Created {
     pub postboxes: u64,
 }
 
-/// Creates a notification as a staff member or admin (members get 403).
-pub async fn create_as(
-    state: &AppState,
-    caller: &AuthUser,
-    draft: Draft,
-) -> Result<Created, AppError> {
-    caller.require(Role::Staff)?;
-    create(state, draft, Some(caller.0.id)).await
+impl Notify {
+    pub fn new(
+        db: DatabaseConnection,
+        broker: Broker,
+        outbox: Outbox,
+        accounts: Accounts,
+        limits: NotifyLimits,
+    ) -> Self {
+        Notify {
+            db,
+            broker,
+            outbox,
+            accounts,
+            limits: Arc::new(limits),
+        }
+    }
 }
 
-/// Validates, stores and announces a notification. `created_by` is `None` for host applications.
-pub async fn create(
-    state: &AppState,
-    draft: Draft,
-    created_by: Option<i64>,
-) -> Result<Created, AppError> {
-    text::check("title", &draft.title)?;
-    let title = draft.title.trim().to_owned();
-    if text::is_blank(&title) || title.chars().count() > MAX_TITLE_CHARS {
-        return Err(AppError::field(
-            "title",
-            format!("must be 1 to {MAX_TITLE_CHARS} characters, not blank"),
-        ));
+impl Notify {
+    /// Creates a notification as a staff member or admin (members get 403).
+    pub async fn create_as(
+        &self,
+        caller: &user::Model,
+        draft: Draft,
+    ) -> Result<Created, NotifyError> {
+        accounts::require(caller, Role::Staff)?;
+        self.create(draft, Some(caller.id)).await
     }
-    text::check("message", &draft.message)?;
-    if draft.message.chars().count() > state.config.max_message_chars {
-        return Err(AppError::field(
-            "message",
-            format!(
-                "is longer than {} characters",
-                state.config.max_message_chars
-            ),
-        ));
-    }
-    let notification_type = draft.notification_type.unwrap_or_else(|| "notice".into());
-    if !valid_name(&notification_type, 32) {
-        return Err(AppError::field(
-            "notification_type",
-            "must be 1 to 32 characters: lowercase letters, digits, `_`, `-` or `.`, starting with a letter",
-        ));
-    }
-    let data = match draft.data {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v @ serde_json::Value::Object(_)) => Some(check_size(state, &v)?),
-        Some(_) => return Err(AppError::field("data", "must be a JSON object")),
-    };
-    let (user_id, college_id) = match draft.target {
-        Target::User(id) => {
-            if !(1..=MAX_ID).contains(&id) || !state.users.exists(&state.db, id).await? {
-                return Err(AppError::NotFound(format!("user {id} does not exist")));
+
+    /// Validates, stores and announces a notification. `created_by` is `None` for host applications.
+    pub async fn create(
+        &self,
+        draft: Draft,
+        created_by: Option<i64>,
+    ) -> Result<Created, NotifyError> {
+        validate::check("title", &draft.title)?;
+        let title = draft.title.trim().to_owned();
+        if validate::is_blank(&title) || title.chars().count() > MAX_TITLE_CHARS {
+            return Err(invalid(
+                "title",
+                format!("must be 1 to {MAX_TITLE_CHARS} characters, not blank"),
+            ));
+        }
+        validate::check("message", &draft.message)?;
+        if draft.message.chars().count() > self.limits.max_message_chars {
+            return Err(invalid(
+                "message",
+                format!(
+                    "is longer than {} characters",
+                    self.limits.max_message_chars
+                ),
+            ));
+        }
+        let notification_type = draft.notification_type.unwrap_or_else(|| "notice".into());
+        if !valid_name(&notification_type, 32) {
+            return Err(invalid(
+                "notification_type",
+                "must be 1 to 32 characters: lowercase letters, digits, `_`, `-` or `.`, starting with a letter",
+            ));
+        }
+        let data = match draft.data {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v @ serde_json::Value::Object(_)) => Some(self.check_size(&v)?),
+            Some(_) => return Err(invalid("data", "must be a JSON object")),
+        };
+        let (user_id, college_id) = match draft.target {
+            Target::User(id) => {
+                if !(1..=MAX_ID).contains(&id) || !self.accounts.user_exists(id).await? {
+                    return Err(NotifyError::NoSuchUser(id));
+                }
+                (Some(id), None)
             }
-            (Some(id), None)
-        }
-        Target::College(id) => {
-            if !(0..=MAX_ID).contains(&id) {
-                return Err(AppError::field("college_id", "must be a positive integer"));
+            Target::College(id) => {
+                if !(0..=MAX_ID).contains(&id) {
+                    return Err(invalid("college_id", "must be a positive integer"));
+                }
+                (None, Some(id))
             }
-            (None, Some(id))
+        };
+        // While RabbitMQ is known to be down, refuse (503) rather than store what nobody is told of.
+        self.broker.ensure_available().await?;
+        let (stored, pending) = db::notifications::create(
+            &self.db,
+            NewNotification {
+                user_id,
+                college_id,
+                title,
+                message: draft.message,
+                notification_type,
+                data,
+                created_by,
+            },
+            |n| {
+                let view = NotificationView::new(n, None);
+                let event = Event::of(&event_data(&view));
+                let key = match draft.target {
+                    Target::User(id) => user_routing_key(id),
+                    Target::College(id) => college_routing_key(id),
+                };
+                (vec![key], event.to_bytes())
+            },
+        )
+        .await?;
+        match draft.target {
+            Target::User(_) => self.outbox.publish_committed(&pending).await,
+            // RabbitMQ confirms a broadcast only once every member's postbox has it on disk (seconds for
+            // thousands of members): the outbox row already guarantees it, so the sender is not kept waiting.
+            Target::College(_) => {
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move { outbox.publish_committed(&pending).await });
+            }
         }
-    };
-    // While RabbitMQ is known to be down, refuse (503) rather than store what nobody is told of.
-    state.broker.ensure_available().await?;
-    let (stored, pending) = db::notifications::create(
-        &state.db,
-        NewNotification {
-            user_id,
-            college_id,
-            title,
-            message: draft.message,
-            notification_type,
-            data,
-            created_by,
-        },
-        |n| {
-            let view = NotificationView::new(n, None);
-            let event = Event::new(kind::NOTIFICATION, event_data(&view));
-            let key = match draft.target {
-                Target::User(id) => user_routing_key(id),
-                Target::College(id) => college_routing_key(id),
-            };
-            (vec![key], event.to_bytes())
-        },
-    )
-    .await?;
-    match draft.target {
-        Target::User(_) => publish_committed(&state.outbox, &pending).await,
-        // RabbitMQ confirms a broadcast only once every member's postbox has it on disk (seconds for
-        // thousands of members): the outbox row already guarantees it, so the sender is not kept waiting.
-        Target::College(_) => {
-            let state = state.clone();
-            tokio::spawn(async move { publish_committed(&state.outbox, &pending).await });
+        let (recipients, postboxes) = match draft.target {
+            Target::User(id) => db::notifications::reach(&self.db, Audience::Users(&[id])).await?,
+            Target::College(id) => {
+                db::notifications::reach(&self.db, Audience::College(id)).await?
+            }
+        };
+        Ok(Created {
+            notification: NotificationView::new(&stored, None),
+            recipients,
+            postboxes,
+        })
+    }
+
+    /// Serialises a JSON payload, refusing it beyond the configured event size (413).
+    pub fn check_size(&self, value: &serde_json::Value) -> Result<String, NotifyError> {
+        let text = value.to_string();
+        if text.len() > self.limits.max_event_bytes {
+            return Err(NotifyError::TooLarge(format!(
+                "data is {} bytes; the limit is {} (POSTBOX_MAX_EVENT_BYTES)",
+                text.len(),
+                self.limits.max_event_bytes
+            )));
+        }
+        Ok(text)
+    }
+
+    /// The caller's notifications (addressed to them or to their college).
+    pub async fn list(
+        &self,
+        user: &user::Model,
+        unread_only: bool,
+        before: Option<i64>,
+        limit: u64,
+    ) -> Result<NotificationPage, NotifyError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let rows = db::notifications::list(&self.db, user, unread_only, before, limit).await?;
+        let next_before = (rows.len() as u64 == limit)
+            .then(|| rows.last().map(|(n, _)| n.id))
+            .flatten();
+        Ok(NotificationPage {
+            unread_count: db::notifications::unread_count(&self.db, user).await?,
+            results: rows
+                .iter()
+                .map(|(n, read)| NotificationView::new(n, *read))
+                .collect(),
+            next_before,
+        })
+    }
+
+    /// Marks one of the caller's notifications read. Someone else's is a 404 (it is not the caller's to
+    /// see, so its existence is not confirmed either).
+    pub async fn mark_read(
+        &self,
+        user: &user::Model,
+        id: i64,
+    ) -> Result<NotificationView, NotifyError> {
+        match db::notifications::mark_read(&self.db, user, id).await? {
+            Some((n, read_at)) => Ok(NotificationView::new(&n, Some(read_at))),
+            None => Err(NotifyError::NoSuchNotification(id)),
         }
     }
-    let (recipients, postboxes) = match draft.target {
-        Target::User(id) => db::notifications::reach(&state.db, Audience::Users(&[id])).await?,
-        Target::College(id) => db::notifications::reach(&state.db, Audience::College(id)).await?,
-    };
-    Ok(Created {
-        notification: NotificationView::new(&stored, None),
-        recipients,
-        postboxes,
-    })
+
+    /// Marks every notification the caller sees as read.
+    pub async fn mark_all_read(&self, user: &user::Model) -> Result<MarkedAll, NotifyError> {
+        let marked = db::notifications::mark_all_read(&self.db, user).await?;
+        Ok(MarkedAll {
+            marked,
+            // Re-read: a notification created meanwhile is unread again.
+            unread_count: db::notifications::unread_count(&self.db, user).await?,
+        })
+    }
 }
 
 /// The event's data: the seeds' fields (`title`, `message`, `notification_type`, `timestamp`) and ours.
-fn event_data(view: &NotificationView) -> serde_json::Value {
-    json!({
-        "id": view.id,
-        "title": view.title,
-        "message": view.message,
-        "notification_type": view.notification_type,
-        "timestamp": view.timestamp,
-        "created_at": view.created_at,
-        "data": view.data,
-        "user_id": view.user_id,
-        "college_id": view.college_id,
-    })
-}
-
-/// Serialises a JSON payload, refusing it beyond the configured event size (413).
-pub fn check_size(state: &AppState, value: &serde_json::Value) -> Result<String, AppError> {
-    let text = value.to_string();
-    if text.len() > state.config.max_event_bytes {
-        return Err(AppError::PayloadTooLarge(format!(
-            "data is {} bytes; the limit is {} (POSTBOX_MAX_EVENT_BYTES)",
-            text.len(),
-            state.config.max_event_bytes
-        )));
+fn event_data(view: &NotificationView) -> data::Notification {
+    data::Notification {
+        id: view.id,
+        title: view.title.clone(),
+        message: view.message.clone(),
+        notification_type: view.notification_type.clone(),
+        timestamp: view.timestamp.clone(),
+        created_at: view.created_at.clone(),
+        data: view.data.clone(),
+        user_id: view.user_id,
+        college_id: view.college_id,
     }
-    Ok(text)
 }
 
 /// `[a-z][a-z0-9_.-]*`, at most `max` characters: event and notification type names.
@@ -253,42 +373,6 @@ pub struct NotificationPage {
     pub next_before: Option<i64>,
 }
 
-/// The caller's notifications (addressed to them or to their college).
-pub async fn list(
-    state: &AppState,
-    user: &user::Model,
-    unread_only: bool,
-    before: Option<i64>,
-    limit: u64,
-) -> Result<NotificationPage, AppError> {
-    let limit = limit.clamp(1, MAX_PAGE);
-    let rows = db::notifications::list(&state.db, user, unread_only, before, limit).await?;
-    let next_before = (rows.len() as u64 == limit)
-        .then(|| rows.last().map(|(n, _)| n.id))
-        .flatten();
-    Ok(NotificationPage {
-        unread_count: db::notifications::unread_count(&state.db, user).await?,
-        results: rows
-            .iter()
-            .map(|(n, read)| NotificationView::new(n, *read))
-            .collect(),
-        next_before,
-    })
-}
-
-/// Marks one of the caller's notifications read. Someone else's is a 404 (it is not the caller's to
-/// see, so its existence is not confirmed either).
-pub async fn mark_read(
-    state: &AppState,
-    user: &user::Model,
-    id: i64,
-) -> Result<NotificationView, AppError> {
-    match db::notifications::mark_read(&state.db, user, id).await? {
-        Some((n, read_at)) => Ok(NotificationView::new(&n, Some(read_at))),
-        None => Err(AppError::NotFound(format!("notification {id} not found"))),
-    }
-}
-
 /// What mark-all-read did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MarkedAll {
@@ -297,12 +381,6 @@ pub struct MarkedAll {
     pub unread_count: u64,
 }
 
-/// Marks every notification the caller sees as read.
-pub async fn mark_all_read(state: &AppState, user: &user::Model) -> Result<MarkedAll, AppError> {
-    let marked = db::notifications::mark_all_read(&state.db, user).await?;
-    Ok(MarkedAll {
-        marked,
-        // Re-read: a notification created meanwhile is unread again.
-        unread_count: db::notifications::unread_count(&state.db, user).await?,
-    })
+fn invalid(field: &'static str, reason: impl Into<String>) -> NotifyError {
+    Invalid::new(field, reason).into()
 }

@@ -10,15 +10,12 @@
 
 use serde::Serialize;
 
+use super::{Draft, Notify, NotifyError, Target, invalid, valid_name};
 use crate::{
-    accounts::tokens::ServiceCaller,
     broker::college_routing_key,
-    db::{self, notifications::Audience},
-    error::AppError,
+    db::{self, entities::service_token, notifications::Audience},
     events::{Event, kind},
-    http::docs::MAX_ID,
-    notify::{Draft, Target, check_size, valid_name},
-    state::AppState,
+    validate::MAX_ID,
 };
 
 /// The most users one publish may address (use a college beyond that).
@@ -63,140 +60,136 @@ pub struct Published {
     pub notification_ids: Vec<i64>,
 }
 
-/// Validates and publishes a host's event.
-pub async fn publish(
-    state: &AppState,
-    caller: &ServiceCaller,
-    req: Request,
-) -> Result<Published, AppError> {
-    if !valid_name(&req.event, 64) {
-        return Err(AppError::field(
-            "event",
-            "must be 1 to 64 characters: lowercase letters, digits, `_`, `-` or `.`, starting with a letter",
-        ));
-    }
-    if RESERVED.contains(&req.event.as_str()) {
-        return Err(AppError::field(
-            "event",
-            format!(
-                "`{}` is Postbox's own event type; pick another name",
-                req.event
-            ),
-        ));
-    }
-    if !req.data.is_object() {
-        return Err(AppError::field("data", "must be a JSON object"));
-    }
-    let users = match (&req.users, req.college_id) {
-        (Some(users), None) => Some(checked_users(state, users).await?),
-        (None, Some(college)) if (0..=MAX_ID).contains(&college) => None,
-        (None, Some(_)) => return Err(AppError::field("college_id", "must be a positive integer")),
-        _ => {
-            return Err(AppError::BadRequest(
-                "give exactly one of `users` (a list of user ids) and `college_id`".into(),
+impl Notify {
+    /// Validates and publishes a host's event.
+    pub async fn publish(
+        &self,
+        caller: &service_token::Model,
+        req: Request,
+    ) -> Result<Published, NotifyError> {
+        if !valid_name(&req.event, 64) {
+            return Err(invalid(
+                "event",
+                "must be 1 to 64 characters: lowercase letters, digits, `_`, `-` or `.`, starting with a letter",
             ));
         }
-    };
-    let target = match (&users, req.college_id) {
-        (Some(users), _) => Audience::Users(users),
-        (None, college) => Audience::College(college.unwrap_or_default()),
-    };
-    if req.event == kind::NOTIFICATION {
-        return publish_notification(state, caller, req.data, target).await;
-    }
-    check_size(state, &req.data)?;
-    state.broker.ensure_available().await?;
-    let event = Event::new(&req.event, req.data);
-    let payload = event.to_bytes();
-    match target {
-        Audience::Users(users) => {
-            let results = futures_util::future::join_all(
-                users
-                    .iter()
-                    .map(|&id| state.broker.publish_to_user(id, &payload)),
-            )
-            .await;
-            results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        if RESERVED.contains(&req.event.as_str()) {
+            return Err(invalid(
+                "event",
+                format!(
+                    "`{}` is Postbox's own event type; pick another name",
+                    req.event
+                ),
+            ));
         }
-        Audience::College(college) => {
-            state
-                .broker
-                .publish_group(&college_routing_key(college), &payload)
-                .await?;
+        if !req.data.is_object() {
+            return Err(invalid("data", "must be a JSON object"));
         }
+        let users = match (&req.users, req.college_id) {
+            (Some(users), None) => Some(self.checked_users(users).await?),
+            (None, Some(college)) if (0..=MAX_ID).contains(&college) => None,
+            (None, Some(_)) => return Err(invalid("college_id", "must be a positive integer")),
+            _ => {
+                return Err(NotifyError::NoAudience);
+            }
+        };
+        let target = match (&users, req.college_id) {
+            (Some(users), _) => Audience::Users(users),
+            (None, college) => Audience::College(college.unwrap_or_default()),
+        };
+        if req.event == kind::NOTIFICATION {
+            return self.publish_notification(caller, req.data, target).await;
+        }
+        self.check_size(&req.data)?;
+        self.broker.ensure_available().await?;
+        let event = Event::new(&req.event, req.data);
+        let payload = event.to_bytes();
+        match target {
+            Audience::Users(users) => {
+                let results = futures_util::future::join_all(
+                    users
+                        .iter()
+                        .map(|&id| self.broker.publish_to_user(id, &payload)),
+                )
+                .await;
+                results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            }
+            Audience::College(college) => {
+                self.broker
+                    .publish_group(&college_routing_key(college), &payload)
+                    .await?;
+            }
+        }
+        let (recipients, postboxes) = db::notifications::reach(&self.db, target).await?;
+        tracing::info!(service = %caller.name, event = %req.event, recipients, postboxes, "host event published");
+        Ok(Published {
+            event_id: Some(event.id),
+            event: req.event,
+            recipients,
+            postboxes,
+            notification_ids: Vec::new(),
+        })
     }
-    let (recipients, postboxes) = db::notifications::reach(&state.db, target).await?;
-    tracing::info!(service = %caller.0.name, event = %req.event, recipients, postboxes, "host event published");
-    Ok(Published {
-        event_id: Some(event.id),
-        event: req.event,
-        recipients,
-        postboxes,
-        notification_ids: Vec::new(),
-    })
-}
 
-/// The distinct user ids of a request, all existing (400 naming the unknown ones otherwise).
-async fn checked_users(state: &AppState, users: &[i64]) -> Result<Vec<i64>, AppError> {
-    let mut users = users.to_vec();
-    users.sort_unstable();
-    users.dedup();
-    if users.is_empty() || users.len() > MAX_USERS {
-        return Err(AppError::field(
-            "users",
-            format!("must list 1 to {MAX_USERS} user ids"),
-        ));
+    /// The distinct user ids of a request, all existing (400 naming the unknown ones otherwise).
+    async fn checked_users(&self, users: &[i64]) -> Result<Vec<i64>, NotifyError> {
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() || users.len() > MAX_USERS {
+            return Err(invalid(
+                "users",
+                format!("must list 1 to {MAX_USERS} user ids"),
+            ));
+        }
+        if users.iter().any(|id| !(1..=MAX_ID).contains(id)) {
+            return Err(invalid("users", "ids must be positive integers"));
+        }
+        let known = db::notifications::existing_users(&self.db, &users).await?;
+        let unknown: Vec<i64> = users
+            .iter()
+            .filter(|id| !known.contains(id))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(NotifyError::NoSuchUsers(unknown));
+        }
+        Ok(users)
     }
-    if users.iter().any(|id| !(1..=MAX_ID).contains(id)) {
-        return Err(AppError::field("users", "ids must be positive integers"));
-    }
-    let known = db::notifications::existing_users(&state.db, &users).await?;
-    let unknown: Vec<String> = users
-        .iter()
-        .filter(|id| !known.contains(id))
-        .map(i64::to_string)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(AppError::NotFound(format!(
-            "no such users: {}; nothing was published",
-            unknown.join(", ")
-        )));
-    }
-    Ok(users)
-}
 
-/// `event: "notification"` from a host: stored like a staff notification, one per user in a list.
-async fn publish_notification(
-    state: &AppState,
-    caller: &ServiceCaller,
-    data: serde_json::Value,
-    target: Audience<'_>,
-) -> Result<Published, AppError> {
-    let text = |key: &str| data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    let title = text("title")
-        .ok_or_else(|| AppError::field("data", "a notification needs `data.title` (a string)"))?;
-    let draft = |target| Draft {
-        target,
-        title: title.clone(),
-        message: text("message").unwrap_or_default(),
-        notification_type: text("notification_type"),
-        data: data.get("data").cloned(),
-    };
-    let targets: Vec<Target> = match target {
-        Audience::Users(users) => users.iter().map(|&u| Target::User(u)).collect(),
-        Audience::College(college) => vec![Target::College(college)],
-    };
-    let mut ids = Vec::with_capacity(targets.len());
-    for t in targets {
-        ids.push(super::create(state, draft(t), None).await?.notification.id);
+    /// `event: "notification"` from a host: stored like a staff notification, one per user in a list.
+    async fn publish_notification(
+        &self,
+        caller: &service_token::Model,
+        data: serde_json::Value,
+        target: Audience<'_>,
+    ) -> Result<Published, NotifyError> {
+        let text = |key: &str| data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        let title = text("title")
+            .ok_or_else(|| invalid("data", "a notification needs `data.title` (a string)"))?;
+        let draft = |target| Draft {
+            target,
+            title: title.clone(),
+            message: text("message").unwrap_or_default(),
+            notification_type: text("notification_type"),
+            data: data.get("data").cloned(),
+        };
+        let targets: Vec<Target> = match target {
+            Audience::Users(users) => users.iter().map(|&u| Target::User(u)).collect(),
+            Audience::College(college) => vec![Target::College(college)],
+        };
+        let mut ids = Vec::with_capacity(targets.len());
+        for t in targets {
+            ids.push(self.create(draft(t), None).await?.notification.id);
+        }
+        let (recipients, postboxes) = db::notifications::reach(&self.db, target).await?;
+        tracing::info!(service = %caller.name, recipients, postboxes, "host notification published");
+        Ok(Published {
+            event_id: None,
+            event: kind::NOTIFICATION.to_owned(),
+            recipients,
+            postboxes,
+            notification_ids: ids,
+        })
     }
-    let (recipients, postboxes) = db::notifications::reach(&state.db, target).await?;
-    tracing::info!(service = %caller.0.name, recipients, postboxes, "host notification published");
-    Ok(Published {
-        event_id: None,
-        event: kind::NOTIFICATION.to_owned(),
-        recipients,
-        postboxes,
-        notification_ids: ids,
-    })
 }

@@ -7,55 +7,105 @@
 //! group key (`group.staff`), whose binding fans it out to every agent's postbox. Agent-only actions take
 //! an [`Agent`], which only [`Agent::new`] makes (403 for members), so they cannot be called unchecked.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
-use serde_json::json;
 
+pub use crate::events::data::SupportMessageView;
 use crate::{
-    accounts::tokens::{AuthUser, Role},
-    broker::{STAFF_ROUTING_KEY, user_routing_key},
+    accounts::tokens::Role,
+    broker::{Broker, BrokerError, STAFF_ROUTING_KEY, user_routing_key},
+    config::Config,
     db::{
-        self,
-        chat::PendingEvent,
+        self, DbError,
         entities::{support_chat, support_message, user},
         support::{CLOSED, Events, OPEN},
     },
-    error::AppError,
-    events::{Event, kind, rfc3339},
-    state::AppState,
+    delivery::outbox::Outbox,
+    events::{Event, data, rfc3339},
+    limits::{RateLimited, RateLimiter},
+    validate::{self, Invalid},
 };
+
+/// Why a support desk operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupportError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(
+        "only support agents (staff and admins) may do this; users read and write their own chat at /api/support/chats/my-chat/"
+    )]
+    NotAnAgent,
+    #[error("support chat {0} does not exist")]
+    NoSuchChat(i64),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// The support desk. Cheap to clone.
+#[derive(Clone)]
+pub struct Support {
+    db: DatabaseConnection,
+    broker: Broker,
+    outbox: Outbox,
+    /// Messages per sender (shared with chat: one budget for both).
+    send_limit: RateLimiter,
+    limits: Arc<SupportLimits>,
+}
+
+/// The support desk's slice of the configuration.
+#[derive(Debug, Clone)]
+pub struct SupportLimits {
+    pub max_message_chars: usize,
+    /// A member's messages in a row without an agent's answer.
+    pub max_unanswered: u32,
+}
+
+impl SupportLimits {
+    pub fn from_config(config: &Config) -> Self {
+        SupportLimits {
+            max_message_chars: config.max_message_chars,
+            max_unanswered: config.support_max_unanswered,
+        }
+    }
+}
+
+impl Support {
+    pub fn new(
+        db: DatabaseConnection,
+        broker: Broker,
+        outbox: Outbox,
+        send_limit: RateLimiter,
+        limits: SupportLimits,
+    ) -> Self {
+        Support {
+            db,
+            broker,
+            outbox,
+            send_limit,
+            limits: Arc::new(limits),
+        }
+    }
+}
 
 /// The most messages one read answers (newest ones without `since`, oldest ones after it).
 pub const MAX_MESSAGES: u64 = 500;
 /// The most chats the agents' list answers.
 pub const MAX_CHATS: u64 = 500;
 
-/// A support chat message, as the API and the `support_message` event show it (seed 003's fields, plus
-/// `chat_id` and `sender_id`).
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct SupportMessageView {
-    /// UUIDv7.
-    pub id: String,
-    pub chat_id: i64,
-    pub sender_id: i64,
-    pub message: String,
-    /// Written by an agent.
-    pub is_from_admin: bool,
-    /// RFC 3339 with milliseconds; unique and increasing within a chat, so it can be passed back as
-    /// `since`.
-    pub created_at: String,
-    /// The sender's username (Postbox users have no e-mail address; the field keeps seed 003's name).
-    pub user_email: String,
-    /// The sender's display name.
-    pub sender_name: String,
-    /// Always `null`: the support desk carries no attachments.
-    pub attachment_url: Option<String>,
-}
-
-impl SupportMessageView {
-    pub fn new(m: &support_message::Model, sender: Option<&user::Model>) -> Self {
+/// A support chat message, as the API and the `support_message` event show it, with its sender when
+/// known.
+pub fn message_view(
+    m: &support_message::Model,
+    sender: Option<&user::Model>,
+) -> SupportMessageView {
+    {
         SupportMessageView {
             id: m.id.clone(),
             chat_id: m.chat_id,
@@ -144,181 +194,199 @@ pub enum StatusFilter {
 pub struct Agent(user::Model);
 
 impl Agent {
-    /// The caller as an agent; 403 for members.
-    pub fn new(caller: &AuthUser) -> Result<Agent, AppError> {
-        if caller.role() >= Role::Staff {
-            Ok(Agent(caller.0.clone()))
+    /// The caller as an agent; refused for members.
+    pub fn new(caller: &user::Model) -> Result<Agent, SupportError> {
+        if Role::of(caller) >= Role::Staff {
+            Ok(Agent(caller.clone()))
         } else {
-            Err(AppError::Forbidden(
-                "only support agents (staff and admins) may do this; users read and write their own chat at /api/support/chats/my-chat/"
-                    .into(),
-            ))
+            Err(SupportError::NotAnAgent)
         }
     }
 }
 
-/// The caller's support chat, created on first access.
-pub async fn my_chat(state: &AppState, caller: &AuthUser) -> Result<SupportChatView, AppError> {
-    let chat = db::support::chat_of_user(&state.db, caller.0.id).await?;
-    Ok(SupportChatView::new(&chat, &caller.0))
-}
-
-/// The caller's support messages (see [`SupportMessages`]); creates nothing.
-pub async fn my_messages(
-    state: &AppState,
-    caller: &AuthUser,
-    since: Option<DateTime<Utc>>,
-) -> Result<SupportMessages, AppError> {
-    match db::support::find_chat_of_user(&state.db, caller.0.id).await? {
-        Some(chat) => messages_of(state, &chat, since).await,
-        None => Ok(SupportMessages {
-            messages: Vec::new(),
-            chat_status: OPEN.to_owned(),
-            last_updated: None,
-            has_more: false,
-        }),
+impl Support {
+    /// The caller's support chat, created on first access.
+    pub async fn my_chat(&self, caller: &user::Model) -> Result<SupportChatView, SupportError> {
+        let chat = db::support::chat_of_user(&self.db, caller.id).await?;
+        Ok(SupportChatView::new(&chat, caller))
     }
-}
 
-/// A message from the caller to the agents: creates the chat on first use and reopens it when closed.
-pub async fn send_as_user(
-    state: &AppState,
-    caller: &AuthUser,
-    text: String,
-) -> Result<SupportMessageView, AppError> {
-    let text = crate::chat::checked_text(state, &text, None)?;
-    state.send_limit.check(caller.0.id, "messages")?;
-    state.broker.ensure_available().await?;
-    let chat = db::support::chat_of_user(&state.db, caller.0.id).await?;
-    // Every message reaches every agent's postbox: one member may not fill them all.
-    let cap = state.config.support_max_unanswered;
-    if db::support::unanswered_at_least(&state.db, chat.id, u64::from(cap)).await? {
-        return Err(AppError::RateLimited {
-            detail: format!(
-                "you sent {cap} support messages without an answer; an agent will reply soon (POSTBOX_SUPPORT_MAX_UNANSWERED)"
-            ),
-            retry_after_secs: 30,
+    /// The caller's support messages (see [`SupportMessages`]); creates nothing.
+    pub async fn my_messages(
+        &self,
+        caller: &user::Model,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<SupportMessages, SupportError> {
+        match db::support::find_chat_of_user(&self.db, caller.id).await? {
+            Some(chat) => self.messages_of(&chat, since).await,
+            None => Ok(SupportMessages {
+                messages: Vec::new(),
+                chat_status: OPEN.to_owned(),
+                last_updated: None,
+                has_more: false,
+            }),
+        }
+    }
+
+    /// A message from the caller to the agents: creates the chat on first use and reopens it when closed.
+    pub async fn send_as_user(
+        &self,
+        caller: &user::Model,
+        text: String,
+    ) -> Result<SupportMessageView, SupportError> {
+        let text = validate::message_text(&text, self.limits.max_message_chars, None)?;
+        self.send_limit.check(caller.id, "messages")?;
+        self.broker.ensure_available().await?;
+        let chat = db::support::chat_of_user(&self.db, caller.id).await?;
+        // Every message reaches every agent's postbox: one member may not fill them all.
+        let cap = self.limits.max_unanswered;
+        if db::support::unanswered_at_least(&self.db, chat.id, u64::from(cap)).await? {
+            return Err(RateLimited {
+                detail: format!(
+                    "you sent {cap} support messages without an answer; an agent will reply soon (POSTBOX_SUPPORT_MAX_UNANSWERED)"
+                ),
+                retry_after_secs: 30,
+            }
+            .into());
+        }
+        self.store(chat.id, caller, false, text).await
+    }
+
+    /// Every chat (or those with one status), most recently updated first, at most [`MAX_CHATS`].
+    pub async fn list_chats(
+        &self,
+        _agent: &Agent,
+        status: Option<StatusFilter>,
+    ) -> Result<Vec<SupportChatView>, SupportError> {
+        let status = status.map(|s| match s {
+            StatusFilter::Open => OPEN,
+            StatusFilter::Closed => CLOSED,
         });
+        let chats = db::support::list_chats(&self.db, status, MAX_CHATS).await?;
+        let owners = db::support::users(&self.db, chats.iter().map(|c| c.user_id)).await?;
+        Ok(chats
+            .iter()
+            .filter_map(|c| Some(SupportChatView::new(c, owners.get(&c.user_id)?)))
+            .collect())
     }
-    store(state, chat.id, &caller.0, false, text).await
-}
 
-/// Every chat (or those with one status), most recently updated first, at most [`MAX_CHATS`].
-pub async fn list_chats(
-    state: &AppState,
-    _agent: &Agent,
-    status: Option<StatusFilter>,
-) -> Result<Vec<SupportChatView>, AppError> {
-    let status = status.map(|s| match s {
-        StatusFilter::Open => OPEN,
-        StatusFilter::Closed => CLOSED,
-    });
-    let chats = db::support::list_chats(&state.db, status, MAX_CHATS).await?;
-    let owners = db::support::users(&state.db, chats.iter().map(|c| c.user_id)).await?;
-    Ok(chats
-        .iter()
-        .filter_map(|c| Some(SupportChatView::new(c, owners.get(&c.user_id)?)))
-        .collect())
-}
+    /// The messages of any chat, for an agent.
+    pub async fn chat_messages(
+        &self,
+        _agent: &Agent,
+        chat_id: i64,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<SupportMessages, SupportError> {
+        let chat = self.find(chat_id).await?;
+        self.messages_of(&chat, since).await
+    }
 
-/// The messages of any chat, for an agent.
-pub async fn chat_messages(
-    state: &AppState,
-    _agent: &Agent,
-    chat_id: i64,
-    since: Option<DateTime<Utc>>,
-) -> Result<SupportMessages, AppError> {
-    let chat = find(state, chat_id).await?;
-    messages_of(state, &chat, since).await
-}
+    /// An agent's reply. A closed chat is reopened by it (as by a user's message).
+    pub async fn send_as_agent(
+        &self,
+        agent: &Agent,
+        chat_id: i64,
+        text: String,
+    ) -> Result<SupportMessageView, SupportError> {
+        let text = validate::message_text(&text, self.limits.max_message_chars, None)?;
+        self.find(chat_id).await?;
+        self.send_limit.check(agent.0.id, "messages")?;
+        self.broker.ensure_available().await?;
+        self.store(chat_id, &agent.0, true, text).await
+    }
 
-/// An agent's reply. A closed chat is reopened by it (as by a user's message).
-pub async fn send_as_agent(
-    state: &AppState,
-    agent: &Agent,
-    chat_id: i64,
-    text: String,
-) -> Result<SupportMessageView, AppError> {
-    let text = crate::chat::checked_text(state, &text, None)?;
-    find(state, chat_id).await?;
-    state.send_limit.check(agent.0.id, "messages")?;
-    state.broker.ensure_available().await?;
-    store(state, chat_id, &agent.0, true, text).await
-}
+    /// Closes a chat (idempotent: closing a closed chat changes nothing and announces nothing).
+    pub async fn close(
+        &self,
+        agent: &Agent,
+        chat_id: i64,
+    ) -> Result<SupportChatView, SupportError> {
+        let chat = self.find(chat_id).await?;
+        let owner = db::users::find(&self.db, chat.user_id)
+            .await?
+            .ok_or_else(|| not_found(chat_id))?;
+        if chat.status == CLOSED {
+            return Ok(SupportChatView::new(&chat, &owner));
+        }
+        self.broker.ensure_available().await?;
+        let (chat, pending) =
+            db::support::close(&self.db, chat_id, agent.0.id, |chat| vec![chat_event(chat)])
+                .await?
+                .ok_or_else(|| not_found(chat_id))?;
+        self.outbox.publish_in_order(&pending).await;
+        Ok(SupportChatView::new(&chat, &owner))
+    }
 
-/// Closes a chat (idempotent: closing a closed chat changes nothing and announces nothing).
-pub async fn close(
-    state: &AppState,
-    agent: &Agent,
-    chat_id: i64,
-) -> Result<SupportChatView, AppError> {
-    let chat = find(state, chat_id).await?;
-    let owner = db::users::find(&state.db, chat.user_id)
+    async fn find(&self, chat_id: i64) -> Result<support_chat::Model, SupportError> {
+        db::support::find_chat(&self.db, chat_id)
+            .await?
+            .ok_or_else(|| not_found(chat_id))
+    }
+
+    /// Stores a message with its `support_message` event (and a `support_chat` event first when it reopens
+    /// the chat), then publishes them.
+    async fn store(
+        &self,
+        chat_id: i64,
+        sender: &user::Model,
+        is_from_admin: bool,
+        text: String,
+    ) -> Result<SupportMessageView, SupportError> {
+        let stored = db::support::store_message(
+            &self.db,
+            chat_id,
+            sender.id,
+            is_from_admin,
+            text,
+            |msg, chat, reopened| {
+                let mut events: Events = Vec::new();
+                if reopened {
+                    events.push(chat_event(chat));
+                }
+                events.push((
+                    routing_keys(chat),
+                    Event::of(&message_view(msg, Some(sender))).to_bytes(),
+                ));
+                events
+            },
+        )
         .await?
         .ok_or_else(|| not_found(chat_id))?;
-    if chat.status == CLOSED {
-        return Ok(SupportChatView::new(&chat, &owner));
+        if stored.reopened {
+            tracing::info!(
+                chat_id,
+                by = sender.id,
+                "support chat reopened by a message"
+            );
+        }
+        self.outbox.publish_in_order(&stored.pending).await;
+        Ok(message_view(&stored.message, Some(sender)))
     }
-    state.broker.ensure_available().await?;
-    let (chat, pending) = db::support::close(&state.db, chat_id, agent.0.id, |chat| {
-        vec![chat_event(chat)]
-    })
-    .await?
-    .ok_or_else(|| not_found(chat_id))?;
-    publish_committed(state, &pending).await;
-    Ok(SupportChatView::new(&chat, &owner))
-}
 
-fn not_found(chat_id: i64) -> AppError {
-    AppError::NotFound(format!("support chat {chat_id} does not exist"))
-}
-
-async fn find(state: &AppState, chat_id: i64) -> Result<support_chat::Model, AppError> {
-    db::support::find_chat(&state.db, chat_id)
-        .await?
-        .ok_or_else(|| not_found(chat_id))
-}
-
-/// Stores a message with its `support_message` event (and a `support_chat` event first when it reopens
-/// the chat), then publishes them.
-async fn store(
-    state: &AppState,
-    chat_id: i64,
-    sender: &user::Model,
-    is_from_admin: bool,
-    text: String,
-) -> Result<SupportMessageView, AppError> {
-    let stored = db::support::store_message(
-        &state.db,
-        chat_id,
-        sender.id,
-        is_from_admin,
-        text,
-        |msg, chat, reopened| {
-            let mut events: Events = Vec::new();
-            if reopened {
-                events.push(chat_event(chat));
-            }
-            let view = SupportMessageView::new(msg, Some(sender));
-            let data = serde_json::to_value(&view).expect("wire types always serialise");
-            events.push((
-                routing_keys(chat),
-                Event::new(kind::SUPPORT_MESSAGE, data).to_bytes(),
-            ));
-            events
-        },
-    )
-    .await?
-    .ok_or_else(|| not_found(chat_id))?;
-    if stored.reopened {
-        tracing::info!(
-            chat_id,
-            by = sender.id,
-            "support chat reopened by a message"
-        );
+    /// Messages of a chat with their senders, and the chat's status. The chat is read before the messages,
+    /// so `last_updated` is never newer than the messages answered.
+    async fn messages_of(
+        &self,
+        chat: &support_chat::Model,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<SupportMessages, SupportError> {
+        let (rows, has_more) =
+            db::support::messages(&self.db, chat.id, since, MAX_MESSAGES).await?;
+        let senders = db::support::users(&self.db, rows.iter().map(|m| m.sender_id)).await?;
+        Ok(SupportMessages {
+            messages: rows
+                .iter()
+                .map(|m| message_view(m, senders.get(&m.sender_id)))
+                .collect(),
+            chat_status: chat.status.clone(),
+            last_updated: Some(rfc3339(chat.updated_at)),
+            has_more,
+        })
     }
-    publish_committed(state, &stored.pending).await;
-    Ok(SupportMessageView::new(&stored.message, Some(sender)))
+}
+
+fn not_found(chat_id: i64) -> SupportError {
+    SupportError::NoSuchChat(chat_id)
 }
 
 /// The owner's postbox and, once, every agent's (through the staff group key).
@@ -328,54 +396,12 @@ fn routing_keys(chat: &support_chat::Model) -> Vec<String> {
 
 /// The `support_chat` event of a status change.
 fn chat_event(chat: &support_chat::Model) -> (Vec<String>, Vec<u8>) {
-    let event = Event::new(
-        kind::SUPPORT_CHAT,
-        json!({
-            "chat_id": chat.id,
-            "status": chat.status,
-            "user_id": chat.user_id,
-            "closed_by": chat.closed_by,
-            "last_updated": rfc3339(chat.updated_at),
-        }),
-    );
+    let event = Event::of(&data::SupportChat {
+        chat_id: chat.id,
+        status: chat.status.clone(),
+        user_id: chat.user_id,
+        closed_by: chat.closed_by,
+        last_updated: rfc3339(chat.updated_at),
+    });
     (routing_keys(chat), event.to_bytes())
-}
-
-/// Publishes committed outbox events now, in order per routing key (a reopening `support_chat` before
-/// the message); failures are left to the outbox relay.
-async fn publish_committed(state: &AppState, pending: &[PendingEvent]) {
-    let mut by_key: HashMap<&str, Vec<&PendingEvent>> = HashMap::new();
-    for p in pending {
-        by_key.entry(p.routing_key.as_str()).or_default().push(p);
-    }
-    futures_util::future::join_all(by_key.into_values().map(|events| async move {
-        for p in events {
-            if let Err(e) = state.outbox.publish(p).await {
-                tracing::warn!(error = %e, outbox_id = p.outbox_id, "publish failed after commit; the outbox relay will retry");
-                // Later events of this key stay in order behind it: the relay publishes them by id.
-                break;
-            }
-        }
-    }))
-    .await;
-}
-
-/// Messages of a chat with their senders, and the chat's status. The chat is read before the messages,
-/// so `last_updated` is never newer than the messages answered.
-async fn messages_of(
-    state: &AppState,
-    chat: &support_chat::Model,
-    since: Option<DateTime<Utc>>,
-) -> Result<SupportMessages, AppError> {
-    let (rows, has_more) = db::support::messages(&state.db, chat.id, since, MAX_MESSAGES).await?;
-    let senders = db::support::users(&state.db, rows.iter().map(|m| m.sender_id)).await?;
-    Ok(SupportMessages {
-        messages: rows
-            .iter()
-            .map(|m| SupportMessageView::new(m, senders.get(&m.sender_id)))
-            .collect(),
-        chat_status: chat.status.clone(),
-        last_updated: Some(rfc3339(chat.updated_at)),
-        has_more,
-    })
 }

@@ -279,10 +279,11 @@ async fn sends_beyond_the_rate_limit_are_refused_with_retry_after() {
     let app = crate::helpers::spawn_app_with(|c| c.send_rate = 3).await;
     let alice = app.member("alice").await;
     let bob = app.member("bob").await;
-    let mut statuses = Vec::new();
-    for i in 0..5 {
-        statuses.push(app.send(&alice, bob.id, &format!("m{i}")).await);
-    }
+    // At once: the limit refills evenly (one more every third of a second), so sends spread over a
+    // slow second could all pass.
+    let texts: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    let statuses =
+        futures_util::future::join_all(texts.iter().map(|t| app.send(&alice, bob.id, t))).await;
     let refused: Vec<_> = statuses
         .into_iter()
         .filter(|r| r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS)

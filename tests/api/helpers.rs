@@ -192,12 +192,15 @@ impl TestApp {
 
     /// Creates a user directly in the database (as `postbox create-user` does).
     pub async fn create_user(&self, username: &str, role: &str) -> TestUser {
+        let display_name = format!("{username} display");
         let created = postbox::accounts::create_user(
             &self.db,
-            username,
-            Some(&format!("{username} display")),
-            None,
-            Some(role),
+            postbox::accounts::UserRequest {
+                username,
+                display_name: Some(&display_name),
+                college_id: None,
+                role: Some(role),
+            },
         )
         .await
         .expect("create user");
@@ -209,10 +212,17 @@ impl TestApp {
 
     /// Creates a user in a college directly in the database.
     pub async fn create_user_in(&self, username: &str, role: &str, college: i64) -> TestUser {
-        let created =
-            postbox::accounts::create_user(&self.db, username, None, Some(college), Some(role))
-                .await
-                .expect("create user");
+        let created = postbox::accounts::create_user(
+            &self.db,
+            postbox::accounts::UserRequest {
+                username,
+                display_name: None,
+                college_id: Some(college),
+                role: Some(role),
+            },
+        )
+        .await
+        .expect("create user");
         TestUser {
             id: created.user.id,
             token: created.token,
@@ -222,7 +232,7 @@ impl TestApp {
     /// Creates a service token for the publish API directly in the database (as
     /// `postbox service-tokens create` does); returns its id and key.
     pub async fn service_token(&self, name: &str) -> (i64, String) {
-        let secret = postbox::accounts::tokens::ServiceCaller::generate();
+        let secret = postbox::accounts::tokens::generate_service_token();
         let row = postbox::db::notifications::create_service_token(
             &self.db,
             name,
@@ -328,13 +338,12 @@ impl TestApp {
             .expect("poll request")
     }
 
-    /// The state of another instance on this app's database and broker, to call the domain layer
+    /// Another instance's services on this app's database and broker, to call the domain layer
     /// directly (no HTTP, no outbox relay).
-    pub async fn state(&self) -> postbox::state::AppState {
-        let (state, _done) = postbox::connect(self.config.clone(), self.shutdown.child_token())
+    pub async fn service(&self) -> postbox::Service {
+        postbox::connect(self.config.clone(), self.shutdown.child_token())
             .await
-            .unwrap();
-        state
+            .unwrap()
     }
 
     /// The first page of `user`'s conversation with `other`, as JSON (asserts 200).

@@ -1,6 +1,6 @@
 //! The service's error type and its one mapping to HTTP.
 //!
-//! Every failure a request can meet ends here as an [`AppError`], answered with one stable JSON shape:
+//! Every failure a request can meet ends here as an [`ApiError`], answered with one stable JSON shape:
 //! `{"error": "<code>", "detail": "<what happened and what to do>", "status": <http status>}` (plus
 //! `"fields"` for validation errors). `detail` keeps the key DRF clients already read. Internal causes are
 //! logged with their chain and never sent to the client.
@@ -14,10 +14,20 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{broker::BrokerError, db::DbError};
+use crate::{
+    accounts::{AccountsError, NeedsRole},
+    broker::BrokerError,
+    chat::ChatError,
+    db::DbError,
+    delivery::DeliveryError,
+    limits::RateLimited,
+    notify::NotifyError,
+    support::SupportError,
+    validate::Invalid,
+};
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("invalid input")]
@@ -71,14 +81,14 @@ pub struct ErrorBody {
     pub fields: Option<BTreeMap<&'static str, String>>,
 }
 
-impl AppError {
+impl ApiError {
     /// A validation error on one field.
     pub fn field(name: &'static str, msg: impl Into<String>) -> Self {
-        AppError::Validation(BTreeMap::from([(name, msg.into())]))
+        ApiError::Validation(BTreeMap::from([(name, msg.into())]))
     }
 
     fn parts(&self) -> (StatusCode, &'static str, String) {
-        use AppError as E;
+        use ApiError as E;
         match self {
             E::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
             E::Validation(fields) => {
@@ -143,7 +153,7 @@ impl AppError {
     }
 }
 
-impl IntoResponse for AppError {
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, detail) = self.parts();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -152,14 +162,14 @@ impl IntoResponse for AppError {
             tracing::error!(error = %self, cause = ?std::error::Error::source(&self), "request failed");
         }
         let retry_after = match &self {
-            AppError::RateLimited {
+            ApiError::RateLimited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(2),
             _ => None,
         };
         let fields = match self {
-            AppError::Validation(fields) => Some(fields),
+            ApiError::Validation(fields) => Some(fields),
             _ => None,
         };
         let body = ErrorBody {
@@ -178,5 +188,111 @@ impl IntoResponse for AppError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The domain's errors, each mapped to its answer here and nowhere else.
+// ---------------------------------------------------------------------------------------------------
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::field(e.field, e.reason)
+    }
+}
+
+impl From<RateLimited> for ApiError {
+    fn from(e: RateLimited) -> Self {
+        ApiError::RateLimited {
+            detail: e.detail,
+            retry_after_secs: e.retry_after_secs,
+        }
+    }
+}
+
+impl From<NeedsRole> for ApiError {
+    fn from(e: NeedsRole) -> Self {
+        ApiError::Forbidden(e.to_string())
+    }
+}
+
+impl From<AccountsError> for ApiError {
+    fn from(e: AccountsError) -> Self {
+        use AccountsError as E;
+        match e {
+            E::Invalid(e) => e.into(),
+            E::UsernameTaken(_) => ApiError::Conflict(e.to_string()),
+            E::NoSuchUser(_) => ApiError::NotFound(e.to_string()),
+            E::Unauthenticated(m) => ApiError::Unauthorized(m),
+            E::Forbidden(e) => e.into(),
+            E::Busy => ApiError::Db(DbError::Unavailable(e.to_string())),
+            E::Db(e) => e.into(),
+            E::Broker(e) => e.into(),
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        use ChatError as E;
+        match e {
+            E::Invalid(e) => e.into(),
+            E::ToSelf | E::TypingToSelf => ApiError::Forbidden(e.to_string()),
+            E::NoSuchUser(_) | E::NoSuchConversation | E::NoSuchAttachment => {
+                ApiError::NotFound(e.to_string())
+            }
+            E::NoConversationGiven => ApiError::BadRequest(e.to_string()),
+            E::RateLimited(e) => e.into(),
+            E::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            E::UnsupportedAttachment => ApiError::UnsupportedMediaType(e.to_string()),
+            E::UploadsBusy => ApiError::Busy(e.to_string()),
+            E::Storage(cause) => ApiError::Internal(format!("attachment storage: {cause}")),
+            E::Db(e) => e.into(),
+            E::Broker(e) => e.into(),
+        }
+    }
+}
+
+impl From<DeliveryError> for ApiError {
+    fn from(e: DeliveryError) -> Self {
+        use DeliveryError as E;
+        match e {
+            E::Invalid(e) => e.into(),
+            E::TooMany(e) => e.into(),
+            E::Ended(ended) => ApiError::Unauthorized(ended.detail().into()),
+            E::Db(e) => e.into(),
+            E::Broker(e) => e.into(),
+        }
+    }
+}
+
+impl From<NotifyError> for ApiError {
+    fn from(e: NotifyError) -> Self {
+        use NotifyError as E;
+        match e {
+            E::Invalid(e) => e.into(),
+            E::Forbidden(e) => e.into(),
+            E::NoSuchUser(_) | E::NoSuchUsers(_) | E::NoSuchNotification(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            E::NoAudience => ApiError::BadRequest(e.to_string()),
+            E::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            E::Db(e) => e.into(),
+            E::Broker(e) => e.into(),
+        }
+    }
+}
+
+impl From<SupportError> for ApiError {
+    fn from(e: SupportError) -> Self {
+        use SupportError as E;
+        match e {
+            E::Invalid(e) => e.into(),
+            E::NotAnAgent => ApiError::Forbidden(e.to_string()),
+            E::NoSuchChat(_) => ApiError::NotFound(e.to_string()),
+            E::RateLimited(e) => e.into(),
+            E::Db(e) => e.into(),
+            E::Broker(e) => e.into(),
+        }
     }
 }

@@ -1,11 +1,29 @@
-//! The rules for text that clients send and Postbox stores (chat and support messages, notification
-//! titles and texts): which characters are refused, and what counts as blank.
+//! The rules for what clients send, shared by every domain: text that Postbox stores (chat and support
+//! messages, notification titles and texts: which characters are refused, what counts as blank), the
+//! largest id, and the error that names the field ([`Invalid`], answered 400 `validation_error`).
 //!
-//! One place, so every caller refuses the same characters with the same answer (400 naming the field).
-//! It knows nothing about HTTP beyond the error it returns; lengths stay with each caller (their limits
-//! differ).
+//! One place, so every caller refuses the same input with the same answer. Lengths stay with each
+//! caller (their limits differ). Nothing here knows HTTP.
 
-use crate::error::AppError;
+/// The largest id the API accepts (15 digits: exact in JavaScript numbers too).
+pub const MAX_ID: i64 = 999_999_999_999_999;
+
+/// A field of the input that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// Whether `c` may not be stored: the C0 control characters (U+0000–U+001F) except tab, line feed and
 /// carriage return, and DEL (U+007F). PostgreSQL cannot store NUL in text at all; the others are
@@ -17,14 +35,38 @@ pub fn is_refused(c: char) -> bool {
 }
 
 /// Refuses `text` for `field` (400 `validation_error`) when it holds a refused character.
-pub fn check(field: &'static str, text: &str) -> Result<(), AppError> {
+pub fn check(field: &'static str, text: &str) -> Result<(), Invalid> {
     if text.chars().any(is_refused) {
-        return Err(AppError::field(
+        return Err(Invalid::new(
             field,
             "may not contain control characters (U+0000 to U+001F other than tab, line feed and carriage return, or U+007F)",
         ));
     }
     Ok(())
+}
+
+/// A chat or support message text as stored: trimmed. The length counts what the client sent (refused
+/// beyond `max` characters); control characters are refused ([`check`]); blank means whitespace only, as
+/// the API document's `\S` pattern sees it, and is refused unless the message carries an attachment
+/// (`Some(true)`); `None` where attachments are not offered.
+pub fn message_text(text: &str, max: usize, attachment: Option<bool>) -> Result<String, Invalid> {
+    if text.chars().count() > max {
+        return Err(Invalid::new(
+            "message",
+            format!("is longer than {max} characters"),
+        ));
+    }
+    check("message", text)?;
+    if is_blank(text) && attachment != Some(true) {
+        return Err(Invalid::new(
+            "message",
+            match attachment {
+                Some(_) => "may not be blank (unless an attachment is sent)",
+                None => "may not be blank",
+            },
+        ));
+    }
+    Ok(text.trim().to_owned())
 }
 
 /// Whether text is blank the way the API document's `\S` pattern sees it (Python's `str.isspace`,
@@ -59,11 +101,8 @@ mod tests {
             assert!(!is_refused(c), "U+{:04X}", c as u32);
         }
         let err = check("title", "a\u{0}b").unwrap_err();
-        assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
-        let AppError::Validation(fields) = err else {
-            panic!("a validation error")
-        };
-        assert!(fields["title"].contains("control characters"));
+        assert_eq!(err.field, "title");
+        assert!(err.reason.contains("control characters"));
     }
 
     #[test]

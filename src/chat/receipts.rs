@@ -1,0 +1,110 @@
+//! Read receipts: marking messages read, and the `read_receipt` event to their sender.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::{Chat, ChatError};
+use crate::{
+    broker::user_routing_key,
+    db::{
+        self,
+        chat::ReadSelection,
+        entities::{conversation, user},
+    },
+    events::{Event, data::ReadReceipt, rfc3339},
+};
+
+/// What `mark-read` identifies.
+#[derive(Debug, Clone, Default)]
+pub struct MarkRead {
+    pub conversation_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub message_ids: Option<Vec<i64>>,
+    pub up_to: Option<i64>,
+}
+
+/// The answer of `mark-read`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MarkReadResult {
+    /// Always `ok`.
+    pub status: String,
+    pub conversation_id: i64,
+    /// Number of messages marked read now.
+    pub marked: usize,
+    pub message_ids: Vec<i64>,
+    pub read_at: Option<String>,
+    /// The caller's unread count in the conversation afterwards.
+    pub unread_count: i64,
+}
+
+impl Chat {
+    /// Marks messages the caller received read and sends a `read_receipt` event to the sender (and to the
+    /// caller's own postbox, so the caller's other devices clear their badges).
+    pub async fn mark_read(
+        &self,
+        caller: &user::Model,
+        req: MarkRead,
+    ) -> Result<MarkReadResult, ChatError> {
+        let me = caller;
+        let conv = self.resolve_conversation(me.id, &req).await?;
+        let other_id = db::chat::other_party(&conv, me.id);
+        let read_at = Utc::now();
+        let selection = ReadSelection {
+            message_ids: req.message_ids.clone(),
+            up_to: req.up_to,
+        };
+        let (marked, pending) =
+            db::chat::mark_read(&self.db, me.id, &conv, selection, read_at, |marked| {
+                let ids: Vec<i64> = marked.iter().map(|m| m.id).collect();
+                let event = Event::of(&ReadReceipt {
+                    conversation_id: conv.id,
+                    message_id: ids.last().copied(),
+                    message_ids: ids,
+                    reader_id: me.id,
+                    reader_name: me.display_name.clone(),
+                    read_at: rfc3339(read_at),
+                });
+                (
+                    vec![user_routing_key(other_id), user_routing_key(me.id)],
+                    event.to_bytes(),
+                )
+            })
+            .await?;
+        self.outbox.publish_committed(&pending).await;
+        let unread = db::chat::find_conversation_by_id(&self.db, conv.id)
+            .await?
+            .map(|c| db::chat::unread_for(&c, me.id))
+            .unwrap_or_default();
+        Ok(MarkReadResult {
+            status: "ok".into(),
+            conversation_id: conv.id,
+            marked: marked.len(),
+            read_at: (!marked.is_empty()).then(|| rfc3339(read_at)),
+            message_ids: marked.iter().map(|m| m.id).collect(),
+            unread_count: unread,
+        })
+    }
+
+    /// Finds the conversation a `mark-read` names, checking the caller takes part in it. Another user's
+    /// conversation is answered as not found, so its existence does not leak.
+    async fn resolve_conversation(
+        &self,
+        me: i64,
+        req: &MarkRead,
+    ) -> Result<conversation::Model, ChatError> {
+        let conv = if let Some(id) = req.conversation_id {
+            db::chat::find_conversation_by_id(&self.db, id).await?
+        } else if let Some(other) = req.user_id {
+            db::chat::find_conversation(&self.db, me, other).await?
+        } else if let Some(first) = req.message_ids.as_ref().and_then(|ids| ids.first()) {
+            match db::chat::find_message(&self.db, *first).await? {
+                Some(m) => db::chat::find_conversation_by_id(&self.db, m.conversation_id).await?,
+                None => None,
+            }
+        } else {
+            return Err(ChatError::NoConversationGiven);
+        };
+        conv.filter(|c| c.user1_id == me || c.user2_id == me)
+            .ok_or(ChatError::NoSuchConversation)
+    }
+}
