@@ -186,8 +186,8 @@ fn background_tasks(service: &Service, shutdown: &CancellationToken) -> Supervis
         control::sweep_revocations(db.clone(), waiting.clone(), tokens.clone(), stop.clone())
     });
     let (db, broker, stop) = (state.db.clone(), state.broker.clone(), shutdown.clone());
-    tasks.spawn("dead-letter consumer", move || {
-        delivery::gaps::run_dead_letter_consumer(db.clone(), broker.clone(), stop.clone())
+    tasks.spawn("dead-letter recorder", move || {
+        delivery::gaps::record_dead_letters(db.clone(), broker.clone(), stop.clone())
     });
     let (presence, stop) = (state.delivery.presence().clone(), shutdown.clone());
     let period =

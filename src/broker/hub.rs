@@ -31,12 +31,16 @@ use lapin::{
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     },
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{FieldTable, ShortString},
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, EXPIRES_AT_HEADER, Postbox, pool};
+use super::{
+    Broker, BrokerError, Postbox,
+    message::{self, Received, event_id, expires_at},
+    pool,
+};
 
 /// How long a poll waits for the events a postbox held when its consumer attached, to answer them in
 /// one batch.
@@ -666,22 +670,6 @@ fn take_unacked(st: &mut SlotState) -> VecDeque<Delivery> {
     all
 }
 
-/// The event id of a delivery: the envelope is serialised with `id` first (`{"id":"<uuid>",...`), so it
-/// is read without parsing the whole body; other bodies fall back to a parse.
-pub fn event_id(d: &Delivery) -> Option<String> {
-    const PREFIX: &[u8] = b"{\"id\":\"";
-    if let Some(rest) = d.data.strip_prefix(PREFIX)
-        && let Some(end) = rest.iter().position(|&b| b == b'"')
-    {
-        return std::str::from_utf8(&rest[..end]).ok().map(str::to_owned);
-    }
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: String,
-    }
-    serde_json::from_slice::<Id>(&d.data).ok().map(|e| e.id)
-}
-
 /// Applies a cursor client's `last_event_id` to what the slot holds in flight: acknowledges the events
 /// up to and including it, and puts the rest back at the front of the buffer to be handed out again.
 fn settle_cursor(slot: &Slot, last: Option<&str>) {
@@ -719,19 +707,6 @@ fn take_live(buffer: &mut VecDeque<Delivery>, max: usize) -> (Vec<Delivery>, Vec
         }
     }
     (live, expired)
-}
-
-fn expires_at(d: &Delivery) -> Option<i64> {
-    match d
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(EXPIRES_AT_HEADER)?
-    {
-        AMQPValue::LongLongInt(t) => Some(*t),
-        _ => None,
-    }
 }
 
 /// Acknowledges deliveries that must not be delivered (expired).
@@ -816,9 +791,9 @@ impl Lease {
         self.deliveries.last().and_then(event_id)
     }
 
-    /// The events' bodies (each one a serialised [`crate::events::Event`]), in postbox order.
-    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
-        self.deliveries.iter().map(|d| d.data.as_slice())
+    /// The events, in postbox order (messages that are not Postbox events are skipped).
+    pub fn events(&self) -> impl Iterator<Item = Received<'_>> {
+        self.deliveries.iter().filter_map(message::read)
     }
 
     /// The response carrying the events was handed over: a seed client's events are acknowledged now,

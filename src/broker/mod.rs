@@ -8,8 +8,11 @@
 //!   failure is a [`BrokerError`] the HTTP layer maps to 503 with a message naming what to do.
 
 pub mod control;
+pub mod dead_letters;
 pub mod hub;
+pub mod message;
 pub mod pool;
+mod publisher;
 pub mod tls;
 pub mod topology;
 
@@ -19,11 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lapin::{
-    BasicProperties, Channel, Confirmation, ErrorKind,
-    options::BasicPublishOptions,
-    types::{AMQPValue, FieldTable, ShortString},
-};
+use lapin::{Channel, ErrorKind, types::ShortString};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -31,8 +30,7 @@ use crate::{
     telemetry::names,
 };
 pub use topology::{
-    Postbox, STAFF_ROUTING_KEY, Topology, college_routing_key, group_routing_keys, is_group_key,
-    user_id_of_key, user_routing_key,
+    Postbox, STAFF_ROUTING_KEY, Topology, college_routing_key, group_routing_keys, user_routing_key,
 };
 
 /// A broker failure, classified for the HTTP layer and for `check-rabbitmq`.
@@ -373,22 +371,6 @@ impl Broker {
         Ok(())
     }
 
-    /// Publishes one event to a group routing key (a college, the staff) and waits for the confirm;
-    /// persistent or transient as `POSTBOX_BROADCAST_DELIVERY` says. Returns `false` when no postbox is
-    /// bound to the key (nobody to deliver to, not an error).
-    pub async fn publish_group(
-        &self,
-        routing_key: &str,
-        payload: &[u8],
-    ) -> Result<bool, BrokerError> {
-        let properties = message_properties().with_delivery_mode(self.inner.broadcast_mode);
-        match self.publish_with(routing_key, payload, properties).await {
-            Ok(()) => Ok(true),
-            Err(BrokerError::Unroutable(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Makes sure the user's postbox exists, declaring it only when this process has not done so lately.
     pub async fn ensure_user_queue(&self, user_id: i64) -> Result<(), BrokerError> {
         let fresh = self
@@ -415,143 +397,6 @@ impl Broker {
             .remove(&user_id);
     }
 
-    /// Publishes one event to one user's postbox and waits for RabbitMQ's confirm.
-    ///
-    /// The publish is `mandatory`: if the postbox vanished while cached (expired, deleted by an
-    /// operator), RabbitMQ returns the message instead of dropping it; the postbox is then declared again
-    /// and the event published once more. `Ok` means the event is on disk in the postbox.
-    pub async fn publish_to_user(&self, user_id: i64, payload: &[u8]) -> Result<(), BrokerError> {
-        self.ensure_user_queue(user_id).await?;
-        let key = user_routing_key(user_id);
-        match self.publish(&key, payload).await {
-            Err(BrokerError::Unroutable(_)) => {
-                tracing::warn!(
-                    user_id,
-                    "postbox was missing though cached; declaring it again"
-                );
-                self.forget_user_queue(user_id);
-                self.declare_user_queue(user_id).await?;
-                self.publish(&key, payload).await
-            }
-            other => other,
-        }
-    }
-
-    /// Publishes one event to several users' postboxes: one message each, all in flight at once (the
-    /// confirms pipeline on the pooled channels). Each is `mandatory` on its own, so a vanished postbox
-    /// is noticed and declared again whatever the others do. (One message copied by RabbitMQ, with the
-    /// `BCC` header, would be returned only if it reached no postbox at all.) Fails if any publish failed.
-    pub async fn publish_to_users(
-        &self,
-        user_ids: &[i64],
-        payload: &[u8],
-    ) -> Result<(), BrokerError> {
-        let results = futures_util::future::join_all(
-            user_ids.iter().map(|&id| self.publish_to_user(id, payload)),
-        )
-        .await;
-        results.into_iter().collect()
-    }
-
-    /// Publishes a persistent, mandatory message to the exchange and waits for its confirm.
-    pub async fn publish(&self, routing_key: &str, payload: &[u8]) -> Result<(), BrokerError> {
-        self.publish_with(routing_key, payload, message_properties())
-            .await
-    }
-
-    /// Publishes an ephemeral event (typing, delivery and presence notices) to a user: not persistent,
-    /// and expiring after `ttl` both in RabbitMQ (`expiration`) and in Postbox's own buffers
-    /// (`x-expires-at`), so a client that polls late never sees it. Unroutable is not an error here.
-    pub async fn publish_ephemeral(
-        &self,
-        user_id: i64,
-        payload: &[u8],
-        ttl: Duration,
-    ) -> Result<(), BrokerError> {
-        self.ensure_user_queue(user_id).await?;
-        let expires_at = chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
-        let mut headers = FieldTable::default();
-        headers.insert(EXPIRES_AT_HEADER.into(), AMQPValue::LongLongInt(expires_at));
-        let props = BasicProperties::default()
-            .with_delivery_mode(1)
-            .with_content_type(ShortString::from("application/json"))
-            .with_expiration(ShortString::from(ttl.as_millis().max(1).to_string()))
-            .with_headers(headers);
-        match self
-            .publish_with(&user_routing_key(user_id), payload, props)
-            .await
-        {
-            Err(BrokerError::Unroutable(_)) => {
-                self.forget_user_queue(user_id);
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    async fn publish_with(
-        &self,
-        routing_key: &str,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
-        let result = self
-            .publish_confirmed(routing_key, payload, properties)
-            .await;
-        match &result {
-            Ok(()) => metrics::counter!(names::EVENTS_PUBLISHED).increment(1),
-            Err(e) => {
-                metrics::counter!(names::PUBLISH_FAILURES, "reason" => e.reason()).increment(1)
-            }
-        }
-        result
-    }
-
-    async fn publish_confirmed(
-        &self,
-        routing_key: &str,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
-        self.with_timeout(async {
-            let channel = pool::get(&self.inner.publishers, self.inner.timeout).await?;
-            let published = channel
-                .basic_publish(
-                    ShortString::from(self.topology().exchange()),
-                    ShortString::from(routing_key.to_owned()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    payload,
-                    properties,
-                )
-                .await;
-            let confirm = match published {
-                Ok(confirm) => confirm,
-                Err(e) => {
-                    pool::discard(channel);
-                    return Err(BrokerError::classify(e, "basic.publish"));
-                }
-            };
-            // The channel goes back to the pool now: other publishes pipeline on it while we wait.
-            drop(channel);
-            match confirm.await {
-                Ok(Confirmation::Ack(None)) => Ok(()),
-                Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
-                    Err(BrokerError::Unroutable(routing_key.to_owned()))
-                }
-                Ok(Confirmation::Nack(None)) => Err(BrokerError::Nacked),
-                Ok(Confirmation::NotRequested) => Err(BrokerError::Protocol {
-                    what: "basic.publish".into(),
-                    detail: "publisher confirms are not enabled on the channel".into(),
-                }),
-                Err(e) => Err(BrokerError::classify(e, "publisher confirm")),
-            }
-        })
-        .await
-    }
-
     /// Checks that RabbitMQ answers: a fresh channel opened and closed.
     pub async fn ping(&self) -> Result<(), BrokerError> {
         let channel = self.disposable_channel().await?;
@@ -576,16 +421,6 @@ impl Broker {
 
 /// Plain channels for declares: at most this many declares run at once per process.
 const DECLARE_CHANNELS: usize = 16;
-
-/// Properties of every event message: persistent (survives a broker restart in a durable queue), JSON.
-/// Header carrying an ephemeral event's expiry (milliseconds since the Unix epoch).
-pub const EXPIRES_AT_HEADER: &str = "x-postbox-expires-at";
-
-fn message_properties() -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(ShortString::from("application/json"))
-}
 
 /// Closes a channel and ignores the outcome (the channel may already be closed by the broker).
 pub async fn close_quietly(channel: Channel) {

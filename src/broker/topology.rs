@@ -166,11 +166,6 @@ pub fn user_routing_key(user_id: i64) -> String {
     format!("user.{user_id}")
 }
 
-/// The user a `user.<id>` routing key addresses; `None` for group keys.
-pub fn user_id_of_key(routing_key: &str) -> Option<i64> {
-    routing_key.strip_prefix("user.")?.parse().ok()
-}
-
 /// Routing key of a college's broadcasts.
 pub fn college_routing_key(college_id: i64) -> String {
     format!("college.{college_id}")
@@ -187,11 +182,6 @@ pub fn group_routing_keys(college_id: Option<i64>, is_staff: bool) -> Vec<String
         keys.push(STAFF_ROUTING_KEY.to_owned());
     }
     keys
-}
-
-/// Whether a routing key addresses a group (a broadcast) rather than one user.
-pub fn is_group_key(routing_key: &str) -> bool {
-    !routing_key.starts_with("user.")
 }
 
 /// Declares the topic exchange (idempotent). Durable: it survives a broker restart.

@@ -11,7 +11,6 @@ use super::{
     message_view,
 };
 use crate::{
-    broker::user_routing_key,
     db::{
         self, DbError,
         batch::Batcher,
@@ -19,7 +18,7 @@ use crate::{
         entities::user,
     },
     delivery::outbox::Outbox,
-    events::{Event, MessageView},
+    events::{Audience, Envelope, MessageView},
     limits::RateLimited,
     validate,
 };
@@ -85,13 +84,9 @@ impl Chat {
                 text,
                 attachment,
                 event_for: Box::new(move |msg| {
-                    let event = Event::of(&message_view(msg, &author));
                     (
-                        vec![
-                            user_routing_key(msg.receiver_id),
-                            user_routing_key(msg.sender_id),
-                        ],
-                        event.to_bytes(),
+                        vec![Audience::Users(vec![msg.receiver_id, msg.sender_id])],
+                        Envelope::of(&message_view(msg, &author)),
                     )
                 }),
             })

@@ -5,13 +5,12 @@ use serde::Serialize;
 
 use super::{Chat, ChatError};
 use crate::{
-    broker::user_routing_key,
     db::{
         self,
         chat::ReadSelection,
         entities::{conversation, user},
     },
-    events::{Event, data::ReadReceipt, rfc3339},
+    events::{Audience, Envelope, data::ReadReceipt, rfc3339},
 };
 
 /// What `mark-read` identifies.
@@ -56,7 +55,7 @@ impl Chat {
         let (marked, pending) =
             db::chat::mark_read(&self.db, me.id, &conv, selection, read_at, |marked| {
                 let ids: Vec<i64> = marked.iter().map(|m| m.id).collect();
-                let event = Event::of(&ReadReceipt {
+                let event = Envelope::of(&ReadReceipt {
                     conversation_id: conv.id,
                     message_id: ids.last().copied(),
                     message_ids: ids,
@@ -64,10 +63,7 @@ impl Chat {
                     reader_name: me.display_name.clone(),
                     read_at: rfc3339(read_at),
                 });
-                (
-                    vec![user_routing_key(other_id), user_routing_key(me.id)],
-                    event.to_bytes(),
-                )
+                (vec![Audience::Users(vec![other_id, me.id])], event)
             })
             .await?;
         self.outbox.publish_committed(&pending).await;

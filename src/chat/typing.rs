@@ -4,7 +4,7 @@
 use super::{Chat, ChatError};
 use crate::{
     db::entities::user,
-    events::{Event, data::Typing},
+    events::{Envelope, data::Typing},
     limits::throttle::Offer,
 };
 
@@ -33,15 +33,13 @@ impl Chat {
             let (broker, ttl) = (self.broker.clone(), self.limits.typing_ttl);
             let (sender_id, sender_name) = (me.id, me.display_name.clone());
             move |is_typing: bool| async move {
-                let event = Event::of(&Typing {
+                let event = Envelope::of(&Typing {
                     sender_id,
                     sender_name,
                     receiver_id,
                     is_typing,
                 });
-                broker
-                    .publish_ephemeral(receiver_id, &event.to_bytes(), ttl)
-                    .await
+                broker.publish_ephemeral(receiver_id, &event, ttl).await
             }
         };
         match self

@@ -8,20 +8,13 @@ use sea_orm::{
 
 use super::{
     DbError,
-    entities::{chat_message, conversation, outbox, user},
+    entities::{chat_message, conversation, user},
+    outbox::{self, PendingEvent},
 };
+use crate::events::{Audience, Envelope};
 
 /// Length of the last-message preview kept on a conversation.
 const PREVIEW_CHARS: usize = 100;
-
-/// An event to publish once the transaction that stored its data has committed.
-#[derive(Debug, Clone)]
-pub struct PendingEvent {
-    pub outbox_id: i64,
-    /// One routing key, or several user keys separated by spaces (one row, one publish per user).
-    pub routing_key: String,
-    pub payload: Vec<u8>,
-}
 
 /// Conversation ids by user pair, so a send skips looking its conversation up. Conversations are never
 /// deleted, so a remembered id stays right; only committed ones are remembered. One per process and
@@ -53,7 +46,7 @@ impl ConversationIds {
 }
 
 /// How a message's event is built once the message has its id: routing keys and payload.
-pub type EventFor = Box<dyn Fn(&chat_message::Model) -> (Vec<String>, Vec<u8>) + Send + Sync>;
+pub type EventFor = Box<dyn Fn(&chat_message::Model) -> (Vec<Audience>, Envelope) + Send + Sync>;
 
 /// A chat message to store, and how to build the event announcing it.
 pub struct NewMessage {
@@ -150,8 +143,8 @@ async fn store_one<C: ConnectionTrait>(
         .filter(conversation::Column::Id.eq(conversation_id))
         .exec(txn)
         .await?;
-    let (routing_keys, payload) = (m.event_for)(&msg);
-    let pending = insert_outbox_for(txn, routing_keys, payload).await?;
+    let (audiences, event) = (m.event_for)(&msg);
+    let pending = outbox::insert(txn, audiences, event).await?;
     Ok((pair, conversation_id, (msg, pending)))
 }
 
@@ -190,89 +183,6 @@ async fn conversation_for<C: ConnectionTrait>(
         .one(db)
         .await?
         .ok_or_else(|| DbError::Other(sea_orm::DbErr::RecordNotFound("conversation".into())))
-}
-
-/// Adds an event to the outbox inside the caller's transaction.
-pub async fn insert_outbox<C: ConnectionTrait>(
-    db: &C,
-    routing_key: String,
-    payload: Vec<u8>,
-) -> Result<PendingEvent, DbError> {
-    let row = outbox::ActiveModel {
-        routing_key: Set(routing_key.clone()),
-        payload: Set(String::from_utf8(payload.clone()).expect("event payloads are JSON text")),
-        created_at: Set(Utc::now()),
-        attempts: Set(0),
-        ..Default::default()
-    }
-    .insert(db)
-    .await?;
-    Ok(PendingEvent {
-        outbox_id: row.id,
-        routing_key,
-        payload,
-    })
-}
-
-/// Adds one event to the outbox for these routing keys, inside the caller's transaction: one row for
-/// all the user keys (one insert; published to each user's postbox by
-/// [`crate::broker::Broker::publish_to_users`]) and one row per group key.
-pub(crate) async fn insert_outbox_for<C: ConnectionTrait>(
-    db: &C,
-    routing_keys: Vec<String>,
-    payload: Vec<u8>,
-) -> Result<Vec<PendingEvent>, DbError> {
-    let (users, groups): (Vec<String>, Vec<String>) = routing_keys
-        .into_iter()
-        .partition(|k| crate::broker::user_id_of_key(k).is_some());
-    let mut pending = Vec::with_capacity(1 + groups.len());
-    if !users.is_empty() {
-        pending.push(insert_outbox(db, users.join(" "), payload.clone()).await?);
-    }
-    for key in groups {
-        pending.push(insert_outbox(db, key, payload.clone()).await?);
-    }
-    Ok(pending)
-}
-
-/// Removes outbox rows whose events RabbitMQ confirmed.
-pub async fn delete_outbox(db: &DatabaseConnection, ids: &[i64]) -> Result<(), DbError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    outbox::Entity::delete_many()
-        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
-        .exec(db)
-        .await?;
-    Ok(())
-}
-
-/// Outbox rows older than `min_age` (their inline publish failed or the process died before it).
-pub async fn stale_outbox(
-    db: &DatabaseConnection,
-    min_age: chrono::Duration,
-    limit: u64,
-) -> Result<Vec<outbox::Model>, DbError> {
-    use sea_orm::{QueryOrder, QuerySelect};
-    Ok(outbox::Entity::find()
-        .filter(outbox::Column::CreatedAt.lt(Utc::now() - min_age))
-        .order_by_asc(outbox::Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?)
-}
-
-/// Counts a failed retry of an outbox row.
-pub async fn bump_outbox_attempts(db: &DatabaseConnection, id: i64) -> Result<(), DbError> {
-    outbox::Entity::update_many()
-        .col_expr(
-            outbox::Column::Attempts,
-            Expr::col(outbox::Column::Attempts).add(1),
-        )
-        .filter(outbox::Column::Id.eq(id))
-        .exec(db)
-        .await?;
-    Ok(())
 }
 
 /// The conversation between two users, if they ever exchanged a message.
@@ -449,7 +359,7 @@ pub async fn mark_read(
     conv: &conversation::Model,
     selection: ReadSelection,
     read_at: chrono::DateTime<Utc>,
-    events_for: impl FnOnce(&[chat_message::Model]) -> (Vec<String>, Vec<u8>),
+    events_for: impl FnOnce(&[chat_message::Model]) -> (Vec<Audience>, Envelope),
 ) -> Result<(Vec<chat_message::Model>, Vec<PendingEvent>), DbError> {
     use sea_orm::QueryOrder;
     let txn = super::begin_write(db).await?;
@@ -496,8 +406,8 @@ pub async fn mark_read(
     for m in &mut marked {
         m.read_at = Some(read_at);
     }
-    let (routing_keys, payload) = events_for(&marked);
-    let pending = insert_outbox_for(&txn, routing_keys, payload).await?;
+    let (audiences, event) = events_for(&marked);
+    let pending = outbox::insert(&txn, audiences, event).await?;
     txn.commit().await?;
     Ok((marked, pending))
 }

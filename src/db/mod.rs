@@ -10,6 +10,7 @@ pub mod clients;
 pub mod entities;
 pub mod gaps;
 pub mod notifications;
+pub mod outbox;
 pub mod support;
 pub mod users;
 

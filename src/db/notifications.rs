@@ -10,10 +10,12 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Query,
 };
 
+use crate::events::{self, Envelope};
+
 use super::{
     DbError,
-    chat::{PendingEvent, insert_outbox_for},
     entities::{notification, notification_read, service_token, user},
+    outbox::{self, PendingEvent},
 };
 
 /// What is needed to store a notification.
@@ -32,7 +34,7 @@ pub struct NewNotification {
 pub async fn create(
     db: &DatabaseConnection,
     new: NewNotification,
-    event_for: impl FnOnce(&notification::Model) -> (Vec<String>, Vec<u8>),
+    event_for: impl FnOnce(&notification::Model) -> (Vec<events::Audience>, Envelope),
 ) -> Result<(notification::Model, Vec<PendingEvent>), DbError> {
     let txn = super::begin_write(db).await?;
     let stored = notification::ActiveModel {
@@ -48,8 +50,8 @@ pub async fn create(
     }
     .insert(&txn)
     .await?;
-    let (keys, payload) = event_for(&stored);
-    let pending = insert_outbox_for(&txn, keys, payload).await?;
+    let (audiences, event) = event_for(&stored);
+    let pending = outbox::insert(&txn, audiences, event).await?;
     txn.commit().await?;
     Ok((stored, pending))
 }
@@ -252,11 +254,11 @@ pub async fn existing_users(db: &DatabaseConnection, ids: &[i64]) -> Result<Vec<
 
 /// How far `scope` reaches: its users, and their postboxes (each user's default postbox plus one per
 /// registered client).
-pub async fn reach(db: &DatabaseConnection, scope: Audience<'_>) -> Result<(u64, u64), DbError> {
+pub async fn reach(db: &DatabaseConnection, scope: Reach<'_>) -> Result<(u64, u64), DbError> {
     use super::entities::client;
     let users = match scope {
-        Audience::Users(ids) => ids.len() as u64,
-        Audience::College(college) => {
+        Reach::Users(ids) => ids.len() as u64,
+        Reach::College(college) => {
             user::Entity::find()
                 .filter(user::Column::CollegeId.eq(college))
                 .count(db)
@@ -264,8 +266,8 @@ pub async fn reach(db: &DatabaseConnection, scope: Audience<'_>) -> Result<(u64,
         }
     };
     let clients = client::Entity::find().filter(match scope {
-        Audience::Users(ids) => client::Column::UserId.is_in(ids.to_vec()),
-        Audience::College(college) => client::Column::UserId.in_subquery(
+        Reach::Users(ids) => client::Column::UserId.is_in(ids.to_vec()),
+        Reach::College(college) => client::Column::UserId.in_subquery(
             Query::select()
                 .column(user::Column::Id)
                 .from(user::Entity)
@@ -278,7 +280,7 @@ pub async fn reach(db: &DatabaseConnection, scope: Audience<'_>) -> Result<(u64,
 
 /// Who an event or notification is addressed to.
 #[derive(Debug, Clone, Copy)]
-pub enum Audience<'a> {
+pub enum Reach<'a> {
     Users(&'a [i64]),
     College(i64),
 }

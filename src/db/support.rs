@@ -15,10 +15,12 @@ use sea_orm::{
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
+use crate::events::{Audience, Envelope};
+
 use super::{
     DbError,
-    chat::{PendingEvent, insert_outbox_for},
     entities::{support_chat, support_message, user},
+    outbox::{self, PendingEvent},
 };
 
 /// A chat whose conversation goes on.
@@ -29,8 +31,8 @@ pub const CLOSED: &str = "closed";
 /// Length of the last-message preview kept on a chat.
 const PREVIEW_CHARS: usize = 100;
 
-/// Events to store with a change: each payload once per routing key, in this order.
-pub type Events = Vec<(Vec<String>, Vec<u8>)>;
+/// Events to store with a change, each for its audiences, in this order.
+pub type Events = Vec<(Vec<Audience>, Envelope)>;
 
 /// Now, in whole milliseconds (what the API prints, and what clients echo back as `since`).
 fn now_ms() -> DateTime<Utc> {
@@ -93,14 +95,14 @@ async fn lock_chat(
         .await?)
 }
 
-/// Adds each event to the outbox once per routing key, inside the transaction.
+/// Adds each event to the outbox once per audience, inside the transaction.
 async fn insert_events(
     txn: &DatabaseTransaction,
     events: Events,
 ) -> Result<Vec<PendingEvent>, DbError> {
     let mut pending = Vec::new();
-    for (keys, payload) in events {
-        pending.extend(insert_outbox_for(txn, keys, payload).await?);
+    for (audiences, event) in events {
+        pending.extend(outbox::insert(txn, audiences, event).await?);
     }
     Ok(pending)
 }

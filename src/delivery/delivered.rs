@@ -7,7 +7,7 @@ use sea_orm::DatabaseConnection;
 use crate::{
     broker::Broker,
     db::{self, batch::Batcher, entities::chat_message},
-    events::{Event, data::Delivered, rfc3339},
+    events::{Envelope, data::Delivered, rfc3339},
 };
 
 /// Records that messages were handed to their receivers' clients: sets `delivered_at` and tells each
@@ -66,7 +66,7 @@ async fn announce_delivered(
     let notices = by_sender
         .into_iter()
         .map(|((sender_id, conversation_id, receiver_id), ids)| {
-            let event = Event::of(&Delivered {
+            let event = Envelope::of(&Delivered {
                 conversation_id,
                 message_ids: ids,
                 receiver_id,
@@ -74,10 +74,7 @@ async fn announce_delivered(
             });
             let broker = broker.clone();
             async move {
-                if let Err(e) = broker
-                    .publish_ephemeral(sender_id, &event.to_bytes(), ttl)
-                    .await
-                {
+                if let Err(e) = broker.publish_ephemeral(sender_id, &event, ttl).await {
                     tracing::warn!(error = %e, sender_id, "could not publish a delivery notice");
                 }
             }

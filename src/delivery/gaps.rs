@@ -12,25 +12,21 @@
 //! once that answer was handed over. Ephemeral events (typing, presence, delivery notices) expire by
 //! design and are not gaps.
 
-use std::time::Duration;
-
-use futures_util::StreamExt;
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable, ShortString},
-};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, EXPIRES_AT_HEADER},
+    broker::{
+        Broker,
+        dead_letters::{self, DeadLetter},
+    },
     db::{self, DbError, entities::gap},
-    events::{Event, data::Resync},
+    events::{Envelope, data::Resync},
 };
 
 /// The `resync` event announcing a gap.
-pub fn resync_event(gap: &gap::Model) -> Event {
-    Event::of(&Resync {
+pub fn resync_event(gap: &gap::Model) -> Envelope {
+    Envelope::of(&Resync {
         reason: gap.reasons.clone(),
         lost: gap.lost,
         lost_unknown: gap.unknown > 0,
@@ -78,100 +74,36 @@ impl GapLookups {
     }
 }
 
-/// What a dead letter says: the postbox it left and why.
-fn death(headers: Option<&FieldTable>) -> Option<(String, String)> {
-    let Some(AMQPValue::FieldArray(deaths)) = headers?.inner().get("x-death") else {
-        return None;
-    };
-    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else {
-        return None;
-    };
-    let text = |key: &str| match first.inner().get(key) {
-        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
-        _ => None,
-    };
-    Some((text("queue")?, text("reason")?))
-}
-
-/// Reads dead letters until `shutdown`, reconnecting after broker failures.
-pub async fn run_dead_letter_consumer(
+/// Records the gaps RabbitMQ's dead letters announce, until `shutdown` (each instance competes for
+/// the dead-letter queue): one lost event of its postbox each, and the postbox's next poll looks its
+/// gap up. Ephemeral events expire by design and are not gaps.
+pub async fn record_dead_letters(
     db: DatabaseConnection,
     broker: Broker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let result = tokio::select! {
-            r = consume(&db, &broker) => r,
-            _ = shutdown.cancelled() => break,
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "dead-letter consumer stopped; retrying");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    tracing::debug!("dead-letter consumer stopped");
-}
-
-async fn consume(db: &DatabaseConnection, broker: &Broker) -> Result<(), String> {
-    let channel = broker
-        .disposable_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .basic_qos(50, BasicQosOptions { global: false })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut consumer = channel
-        .basic_consume(
-            ShortString::from(broker.topology().dead_letter_queue()),
-            ShortString::from(format!("postbox-deadletters-{}", std::process::id())),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    while let Some(next) = consumer.next().await {
-        let delivery = next.map_err(|e| e.to_string())?;
-        let headers = delivery.properties.headers().as_ref();
-        let ephemeral = headers.is_some_and(|h| h.inner().contains_key(EXPIRES_AT_HEADER));
-        let recorded = match (ephemeral, death(headers)) {
-            (false, Some((queue, reason))) => {
-                let since = serde_json::from_slice::<Event>(&delivery.data)
-                    .ok()
-                    .map(|e| e.timestamp);
-                match db::gaps::record(db, &queue, 1, since, &reason).await {
+    let hub = broker.hub().clone();
+    dead_letters::run(
+        broker,
+        move |letter: DeadLetter| {
+            let (db, hub) = (db.clone(), hub.clone());
+            async move {
+                if letter.ephemeral {
+                    return true;
+                }
+                match db::gaps::record(&db, &letter.queue, 1, letter.since, &letter.reason).await {
                     Ok(()) => {
-                        broker.hub().flag_gap(&queue);
+                        hub.flag_gap(&letter.queue);
                         true
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, %queue, "cannot record a gap; retrying");
+                        tracing::warn!(error = %e, queue = %letter.queue, "cannot record a gap; retrying");
                         false
                     }
                 }
             }
-            // Ephemeral events expire by design; anything without `x-death` is not ours to judge.
-            _ => true,
-        };
-        if recorded {
-            let _ = delivery
-                .acker
-                .ack(BasicAckOptions { multiple: false })
-                .await;
-        } else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await;
-        }
-    }
-    Err("the dead-letter consumer was cancelled".into())
+        },
+        shutdown,
+    )
+    .await;
 }

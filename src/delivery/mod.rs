@@ -18,7 +18,6 @@ pub mod waiting;
 use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
-use serde::Deserialize;
 
 use self::{
     clients::{Clients, groups_of},
@@ -29,10 +28,10 @@ use self::{
 };
 use crate::{
     accounts::tokens::Caller,
-    broker::{Broker, BrokerError, Postbox, hub::Lease},
+    broker::{Broker, BrokerError, Postbox, hub::Lease, message::Received},
     config::Config,
     db::{self, DbError, entities::gap},
-    events::{kind, unix_now},
+    events::{Envelope, unix_now},
     limits::{PollSlot, PollSlots, RateLimited},
     telemetry::names,
     validate::Invalid,
@@ -290,11 +289,8 @@ impl Session {
             ended = self.waiting.ended() => return Err(DeliveryError::Ended(ended)),
             lease = wait => lease?,
         };
-        let resync = gap.as_ref().map(|g| gaps::resync_event(g).to_bytes());
-        let messages = handed_over(
-            self.user_id,
-            resync.iter().map(Vec::as_slice).chain(lease.payloads()),
-        );
+        let resync = gap.as_ref().map(gaps::resync_event);
+        let messages = handed_over(self.user_id, lease.events());
         // A stream's next wait confirms what this batch carried (it reached the client by then).
         if let (Ack::Cursor(last), Some(id)) = (&mut self.ack, lease.last_event_id()) {
             *last = Some(id);
@@ -317,7 +313,7 @@ pub struct Batch {
     user_id: i64,
     lease: Lease,
     /// The `resync` announcing a gap, first.
-    resync: Option<Vec<u8>>,
+    resync: Option<Envelope>,
     gap: Option<gap::Model>,
     /// Chat messages to this user in the batch, marked delivered once it was handed over.
     messages: Vec<i64>,
@@ -334,13 +330,12 @@ impl Batch {
         self.lease.attaching()
     }
 
-    /// The events' envelopes as JSON (each a serialised [`crate::events::Event`]), in postbox order, a
-    /// `resync` first.
-    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+    /// The events, in postbox order, a `resync` first. Their data is handed over as it came, unparsed.
+    pub fn events(&self) -> impl Iterator<Item = Received<'_>> {
         self.resync
             .iter()
-            .map(Vec::as_slice)
-            .chain(self.lease.payloads())
+            .map(Received::of)
+            .chain(self.lease.events())
     }
 
     /// The batch reached the connection: a seed client's events are acknowledged, a cursor client's
@@ -357,32 +352,17 @@ impl Batch {
     }
 }
 
-/// Reads the event bodies handed to `user_id`: records each event's delivery latency and returns the
-/// ids of the chat messages addressed to that user (to be marked delivered once handed over).
-fn handed_over<'a>(user_id: i64, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<i64> {
-    #[derive(Deserialize)]
-    struct Peek {
-        event: String,
-        timestamp: f64,
-        data: PeekData,
-    }
-    #[derive(Deserialize)]
-    struct PeekData {
-        id: Option<i64>,
-        receiver_id: Option<i64>,
-    }
+/// Of the events handed to `user_id`: records each one's delivery latency and returns the chat
+/// messages addressed to that user (to be marked delivered once handed over).
+fn handed_over<'a>(user_id: i64, events: impl Iterator<Item = Received<'a>>) -> Vec<i64> {
     let now = unix_now();
     let mut messages = Vec::new();
-    for p in payloads {
-        let Ok(peek) = serde_json::from_slice::<Peek>(p) else {
-            continue;
-        };
-        metrics::histogram!(names::DELIVERY_LATENCY).record((now - peek.timestamp).max(0.0));
-        if peek.event == kind::MESSAGE
-            && peek.data.receiver_id == Some(user_id)
-            && let Some(id) = peek.data.id
+    for e in events {
+        metrics::histogram!(names::DELIVERY_LATENCY).record((now - e.timestamp).max(0.0));
+        if let Some(mark) = e.mark
+            && mark.receiver_id == user_id
         {
-            messages.push(id);
+            messages.push(mark.message_id);
         }
     }
     messages

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{Broker, BrokerError},
-    db::{self, chat::PendingEvent},
+    db::{self, outbox::PendingEvent},
+    events::{Audience, Envelope},
 };
 
 /// Confirmed outbox ids waiting for their batched delete.
@@ -43,10 +44,12 @@ impl Outbox {
 
     /// Publishes a committed event now. On failure the event stays in the outbox for the relay.
     pub async fn publish(&self, event: &PendingEvent) -> Result<(), BrokerError> {
-        self.send(&event.routing_key, &event.payload).await?;
+        self.broker
+            .publish_event(&event.audience, &event.event)
+            .await?;
         if self.done.try_send(event.outbox_id).is_err() {
             // The delete queue is full (database slow): delete inline rather than grow without bound.
-            if let Err(e) = db::chat::delete_outbox(&self.db, &[event.outbox_id]).await {
+            if let Err(e) = db::outbox::delete(&self.db, &[event.outbox_id]).await {
                 tracing::warn!(error = %e, "could not delete a published outbox row; it will be published again");
             }
         }
@@ -63,15 +66,16 @@ impl Outbox {
         }
     }
 
-    /// Publishes committed events now, in order per routing key (a reopened support chat's
+    /// Publishes committed events now, in order per audience (a reopened support chat's
     /// `support_chat` before the message); failures are left to the relay, and the later events of that
-    /// key stay behind the failed one (the relay publishes them by id).
+    /// audience stay behind the failed one (the relay publishes them by id).
     pub async fn publish_in_order(&self, pending: &[PendingEvent]) {
-        let mut by_key: std::collections::HashMap<&str, Vec<&PendingEvent>> = Default::default();
+        let mut by_audience: std::collections::HashMap<&Audience, Vec<&PendingEvent>> =
+            Default::default();
         for p in pending {
-            by_key.entry(p.routing_key.as_str()).or_default().push(p);
+            by_audience.entry(&p.audience).or_default().push(p);
         }
-        futures_util::future::join_all(by_key.into_values().map(|events| async move {
+        futures_util::future::join_all(by_audience.into_values().map(|events| async move {
             for p in events {
                 if let Err(e) = self.publish(p).await {
                     tracing::warn!(error = %e, outbox_id = p.outbox_id, "publish failed after commit; the outbox relay will retry");
@@ -80,23 +84,6 @@ impl Outbox {
             }
         }))
         .await;
-    }
-
-    /// Publishes an outbox row: to users (one key, or several separated by spaces) or to a group.
-    async fn send(&self, routing_key: &str, payload: &[u8]) -> Result<(), BrokerError> {
-        match routing_key
-            .split(' ')
-            .map(crate::broker::user_id_of_key)
-            .collect::<Option<Vec<i64>>>()
-        {
-            Some(user_ids) => self.broker.publish_to_users(&user_ids, payload).await,
-            // A broadcast nobody is bound to is delivered to nobody, and done.
-            None => self
-                .broker
-                .publish_group(routing_key, payload)
-                .await
-                .map(|_| ()),
-        }
     }
 
     /// Deletes confirmed rows in batches and republishes rows left behind, until `shutdown`.
@@ -108,7 +95,7 @@ impl Outbox {
             tokio::select! {
                 n = done.recv_many(&mut batch, 512) => {
                     if n == 0 { break; }
-                    if let Err(e) = db::chat::delete_outbox(&self.db, &batch).await {
+                    if let Err(e) = db::outbox::delete(&self.db, &batch).await {
                         tracing::warn!(error = %e, rows = batch.len(), "could not delete published outbox rows; they will be published again");
                     }
                     batch.clear();
@@ -117,7 +104,7 @@ impl Outbox {
                 _ = shutdown.cancelled() => {
                     done.close();
                     while done.recv_many(&mut batch, 512).await > 0 {
-                        let _ = db::chat::delete_outbox(&self.db, &batch).await;
+                        let _ = db::outbox::delete(&self.db, &batch).await;
                         batch.clear();
                     }
                     break;
@@ -129,7 +116,7 @@ impl Outbox {
 
     async fn relay(&self, min_age: Duration) {
         let age = chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::seconds(10));
-        let rows = match db::chat::stale_outbox(&self.db, age, 500).await {
+        let rows = match db::outbox::stale(&self.db, age, 500).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "outbox relay cannot read the outbox");
@@ -138,11 +125,21 @@ impl Outbox {
         };
         let mut published = Vec::new();
         for row in rows {
-            match self.send(&row.routing_key, row.payload.as_bytes()).await {
+            let (Some(audience), Ok(event)) =
+                (&row.audience, Envelope::from_json(row.payload.as_bytes()))
+            else {
+                tracing::error!(
+                    outbox_id = row.id,
+                    "an outbox row cannot be read; it is left in place"
+                );
+                let _ = db::outbox::bump_attempts(&self.db, row.id).await;
+                continue;
+            };
+            match self.broker.publish_event(audience, &event).await {
                 Ok(()) => published.push(row.id),
                 Err(e) => {
                     tracing::warn!(error = %e, outbox_id = row.id, "outbox relay could not publish; will retry");
-                    let _ = db::chat::bump_outbox_attempts(&self.db, row.id).await;
+                    let _ = db::outbox::bump_attempts(&self.db, row.id).await;
                     break;
                 }
             }
@@ -152,7 +149,7 @@ impl Outbox {
                 events = published.len(),
                 "outbox relay published events left behind"
             );
-            if let Err(e) = db::chat::delete_outbox(&self.db, &published).await {
+            if let Err(e) = db::outbox::delete(&self.db, &published).await {
                 tracing::warn!(error = %e, "could not delete relayed outbox rows");
             }
         }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::Broker,
     db::{self, DbError, batch::Batcher},
-    events::{Event, data, rfc3339},
+    events::{Envelope, data, rfc3339},
     limits::throttle::Throttle,
 };
 
@@ -215,14 +215,13 @@ async fn announce_now(db: DatabaseConnection, broker: Broker, user_id: i64, onli
             return;
         }
     };
-    let event = Event::of(&data::Presence {
+    let event = Envelope::of(&data::Presence {
         user_id: user.id,
         username: user.username,
         name: user.display_name,
         online,
         last_seen_at: user.last_seen_at.map(rfc3339),
-    })
-    .to_bytes();
+    });
     for contact in contacts {
         if let Err(e) = broker
             .publish_ephemeral(contact, &event, PRESENCE_TTL)

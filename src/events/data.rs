@@ -4,17 +4,29 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{MessageView, kind};
+use super::{DeliveryMark, MessageView, kind};
 
 /// A payload of one of Postbox's event types.
 pub trait EventData: Serialize {
     /// The event's type name (`event` of the envelope).
     const KIND: &'static str;
+
+    /// The chat message this event hands to its receiver, if any (marked delivered when it does).
+    fn delivery_mark(&self) -> Option<DeliveryMark> {
+        None
+    }
 }
 
 /// `message`: the chat message, as the REST API shows it.
 impl EventData for MessageView {
     const KIND: &'static str = kind::MESSAGE;
+
+    fn delivery_mark(&self) -> Option<DeliveryMark> {
+        Some(DeliveryMark {
+            message_id: self.id,
+            receiver_id: self.receiver_id,
+        })
+    }
 }
 
 /// `typing`: someone is typing to the receiver (or stopped).

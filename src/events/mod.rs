@@ -30,8 +30,7 @@ pub mod kind {
     pub const SUPPORT_CHAT: &str = "support_chat";
 }
 
-/// One event in a postbox. The whole envelope is the AMQP message body, so a poll can hand the bytes over
-/// without re-encoding them.
+/// One event, as a poll's answer carries it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Event {
     /// Unique, time-ordered id (UUIDv7): clients dedupe by it.
@@ -67,6 +66,131 @@ impl Event {
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an Event always serialises")
     }
+}
+
+/// Who an event is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// These users' postboxes (the default one and every registered client's).
+    Users(Vec<i64>),
+    /// Every member of a college: one publish, which RabbitMQ's bindings fan out.
+    College(i64),
+    /// Every staff member and admin (the support desk's agents): one publish, fanned out too.
+    Staff,
+}
+
+/// A chat message to mark delivered once an event carrying it reaches its receiver's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryMark {
+    pub message_id: i64,
+    pub receiver_id: i64,
+}
+
+/// An event on its way to postboxes, as Postbox publishes it: its `data` serialised once, and what
+/// travels beside it in the AMQP message's properties (id, type, time, the chat message it carries),
+/// so a poll hands the data over without parsing it. [`Envelope::to_json`] is the [`Event`] a client
+/// gets.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub id: String,
+    pub kind: String,
+    /// Seconds since the Unix epoch when the event was created.
+    pub timestamp: f64,
+    pub data: Box<serde_json::value::RawValue>,
+    pub mark: Option<DeliveryMark>,
+}
+
+impl Envelope {
+    /// The event carrying one of Postbox's own payloads.
+    pub fn of<T: EventData>(data: &T) -> Self {
+        Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: T::KIND.to_owned(),
+            timestamp: unix_now(),
+            data: serde_json::value::to_raw_value(data).expect("event payloads always serialise"),
+            mark: data.delivery_mark(),
+        }
+    }
+
+    /// An event of a host application's own type, with any JSON value as data.
+    pub fn custom(kind: &str, data: &serde_json::Value) -> Self {
+        Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.to_owned(),
+            timestamp: unix_now(),
+            data: serde_json::value::to_raw_value(data).expect("JSON values always serialise"),
+            mark: None,
+        }
+    }
+
+    /// The event as clients get it, `{"id","event","data","timestamp"}` (seed 001's envelope).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_envelope(
+            &mut out,
+            &self.id,
+            &self.kind,
+            self.data.get().as_bytes(),
+            self.timestamp,
+        );
+        out
+    }
+
+    /// An envelope read back from its JSON (an outbox row, an event published by an earlier version).
+    pub fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Stored {
+            id: String,
+            event: String,
+            data: Box<serde_json::value::RawValue>,
+            timestamp: f64,
+        }
+        #[derive(Deserialize)]
+        struct Carried {
+            id: Option<i64>,
+            receiver_id: Option<i64>,
+        }
+        let e: Stored = serde_json::from_slice(json)?;
+        let mark = if e.event == kind::MESSAGE {
+            serde_json::from_str::<Carried>(e.data.get())
+                .ok()
+                .and_then(|c| {
+                    Some(DeliveryMark {
+                        message_id: c.id?,
+                        receiver_id: c.receiver_id?,
+                    })
+                })
+        } else {
+            None
+        };
+        Ok(Envelope {
+            id: e.id,
+            kind: e.event,
+            timestamp: e.timestamp,
+            data: e.data,
+            mark,
+        })
+    }
+}
+
+/// Appends `{"id":…,"event":…,"data":…,"timestamp":…}` to `out`, from its parts, `data` taken as the
+/// JSON it is.
+pub fn write_envelope(out: &mut Vec<u8>, id: &str, kind: &str, data: &[u8], timestamp: f64) {
+    let text = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    out.reserve(data.len() + id.len() + kind.len() + 64);
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(text(id).as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(text(kind).as_bytes());
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b",\"timestamp\":");
+    out.extend_from_slice(
+        serde_json::to_string(&timestamp)
+            .expect("numbers serialise")
+            .as_bytes(),
+    );
+    out.push(b'}');
 }
 
 /// Seconds since the Unix epoch, with sub-second precision (the seeds' `timestamp`).
@@ -125,5 +249,31 @@ mod tests {
         assert!(v["timestamp"].as_f64().unwrap() > 1.7e9);
         assert_eq!(v["id"].as_str().unwrap().len(), 36);
         assert_ne!(Event::new("x", serde_json::Value::Null).id, e.id);
+    }
+
+    #[test]
+    fn an_envelope_is_the_event_clients_get_and_reads_back_whole() {
+        let typing = data::Typing {
+            sender_id: 1,
+            sender_name: "Ann \"the\" typist".into(),
+            receiver_id: 2,
+            is_typing: true,
+        };
+        let env = Envelope::of(&typing);
+        let as_event: Event = serde_json::from_slice(&env.to_json()).unwrap();
+        assert_eq!(as_event.id, env.id);
+        assert_eq!(as_event.event, "typing");
+        assert_eq!(as_event.timestamp, env.timestamp);
+        assert_eq!(as_event.data, serde_json::to_value(&typing).unwrap());
+        // Seed 001's field order.
+        let json = String::from_utf8(env.to_json()).unwrap();
+        let at = |key: &str| json.find(&format!("\"{key}\":")).unwrap();
+        assert!(at("id") < at("event") && at("event") < at("data") && at("data") < at("timestamp"));
+        let back = Envelope::from_json(&env.to_json()).unwrap();
+        assert_eq!(
+            (back.id, back.kind, back.data.get()),
+            (env.id, env.kind, env.data.get())
+        );
+        assert_eq!(back.mark, None);
     }
 }

@@ -173,13 +173,13 @@ impl Drop for PollTracker {
 /// `{"events":[...],"timestamp":...}` built from the raw event bodies, acknowledging them once sent.
 /// The session (the user's slot under the poll cap) is held until the answer was written.
 fn poll_response(session: Session, batch: Batch, mut tracker: PollTracker) -> Response {
-    let mut body = Vec::with_capacity(64 + batch.payloads().map(<[u8]>::len).sum::<usize>());
+    let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"events\":[");
-    for (i, p) in batch.payloads().enumerate() {
+    for (i, e) in batch.events().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(p);
+        e.write_json(&mut body);
     }
     body.extend_from_slice(format!("],\"timestamp\":{}}}", unix_now()).as_bytes());
     let response_body = if batch.is_empty() {

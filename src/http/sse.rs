@@ -26,7 +26,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     delivery::{Ack, Batch, DeliveryError, Session},
-    events::{Event, unix_now},
+    events::unix_now,
     http::{
         auth::PollingUser,
         docs::literal_schema,
@@ -89,14 +89,16 @@ fn record(id: Option<&str>, event: &str, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// The SSE records of a batch of events (envelopes as stored in the postbox).
-fn records<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Bytes {
+/// The SSE records of a batch of events: the data as it came from the postbox, unparsed.
+fn records(batch: &Batch) -> Bytes {
     let mut out = Vec::new();
-    for p in payloads {
-        match serde_json::from_slice::<Event>(p) {
-            Ok(e) => out.extend_from_slice(&record(Some(&e.id), &e.event, &e.data.to_string())),
-            Err(e) => tracing::warn!(error = %e, "skipping an event that is not an envelope"),
-        }
+    for e in batch.events() {
+        // Postbox writes compact JSON: one `data:` line holds it.
+        out.extend_from_slice(&record(
+            Some(&e.id),
+            &e.kind,
+            &String::from_utf8_lossy(&e.data),
+        ));
     }
     Bytes::from(out)
 }
@@ -227,7 +229,7 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
             Some((Ok(beat), s))
         }
         Ok(batch) => {
-            let bytes = records(batch.payloads());
+            let bytes = records(&batch);
             s.written = Some(batch);
             Some((Ok(bytes), s))
         }

@@ -16,15 +16,15 @@ use serde::Serialize;
 
 use crate::{
     accounts::{self, Accounts, NeedsRole, tokens::Role},
-    broker::{Broker, BrokerError, college_routing_key, user_routing_key},
+    broker::{Broker, BrokerError},
     config::Config,
     db::{
         self, DbError,
         entities::{notification, user},
-        notifications::{Audience, NewNotification},
+        notifications::{NewNotification, Reach},
     },
     delivery::outbox::Outbox,
-    events::{Event, data, rfc3339},
+    events::{self, Envelope, data, rfc3339},
     validate::{self, Invalid, MAX_ID},
 };
 
@@ -248,12 +248,11 @@ impl Notify {
             },
             |n| {
                 let view = NotificationView::new(n, None);
-                let event = Event::of(&event_data(&view));
-                let key = match draft.target {
-                    Target::User(id) => user_routing_key(id),
-                    Target::College(id) => college_routing_key(id),
+                let audience = match draft.target {
+                    Target::User(id) => events::Audience::Users(vec![id]),
+                    Target::College(id) => events::Audience::College(id),
                 };
-                (vec![key], event.to_bytes())
+                (vec![audience], Envelope::of(&event_data(&view)))
             },
         )
         .await?;
@@ -267,10 +266,8 @@ impl Notify {
             }
         }
         let (recipients, postboxes) = match draft.target {
-            Target::User(id) => db::notifications::reach(&self.db, Audience::Users(&[id])).await?,
-            Target::College(id) => {
-                db::notifications::reach(&self.db, Audience::College(id)).await?
-            }
+            Target::User(id) => db::notifications::reach(&self.db, Reach::Users(&[id])).await?,
+            Target::College(id) => db::notifications::reach(&self.db, Reach::College(id)).await?,
         };
         Ok(Created {
             notification: NotificationView::new(&stored, None),

@@ -12,9 +12,8 @@ use serde::Serialize;
 
 use super::{Draft, Notify, NotifyError, Target, invalid, valid_name};
 use crate::{
-    broker::college_routing_key,
-    db::{self, entities::service_token, notifications::Audience},
-    events::{Event, kind},
+    db::{self, entities::service_token, notifications::Reach},
+    events::{Audience, Envelope, kind},
     validate::MAX_ID,
 };
 
@@ -94,32 +93,20 @@ impl Notify {
             }
         };
         let target = match (&users, req.college_id) {
-            (Some(users), _) => Audience::Users(users),
-            (None, college) => Audience::College(college.unwrap_or_default()),
+            (Some(users), _) => Reach::Users(users),
+            (None, college) => Reach::College(college.unwrap_or_default()),
         };
         if req.event == kind::NOTIFICATION {
             return self.publish_notification(caller, req.data, target).await;
         }
         self.check_size(&req.data)?;
         self.broker.ensure_available().await?;
-        let event = Event::new(&req.event, req.data);
-        let payload = event.to_bytes();
-        match target {
-            Audience::Users(users) => {
-                let results = futures_util::future::join_all(
-                    users
-                        .iter()
-                        .map(|&id| self.broker.publish_to_user(id, &payload)),
-                )
-                .await;
-                results.into_iter().collect::<Result<Vec<()>, _>>()?;
-            }
-            Audience::College(college) => {
-                self.broker
-                    .publish_group(&college_routing_key(college), &payload)
-                    .await?;
-            }
-        }
+        let event = Envelope::custom(&req.event, &req.data);
+        let audience = match target {
+            Reach::Users(users) => Audience::Users(users.to_vec()),
+            Reach::College(college) => Audience::College(college),
+        };
+        self.broker.publish_event(&audience, &event).await?;
         let (recipients, postboxes) = db::notifications::reach(&self.db, target).await?;
         tracing::info!(service = %caller.name, event = %req.event, recipients, postboxes, "host event published");
         Ok(Published {
@@ -162,7 +149,7 @@ impl Notify {
         &self,
         caller: &service_token::Model,
         data: serde_json::Value,
-        target: Audience<'_>,
+        target: Reach<'_>,
     ) -> Result<Published, NotifyError> {
         let text = |key: &str| data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
         let title = text("title")
@@ -175,8 +162,8 @@ impl Notify {
             data: data.get("data").cloned(),
         };
         let targets: Vec<Target> = match target {
-            Audience::Users(users) => users.iter().map(|&u| Target::User(u)).collect(),
-            Audience::College(college) => vec![Target::College(college)],
+            Reach::Users(users) => users.iter().map(|&u| Target::User(u)).collect(),
+            Reach::College(college) => vec![Target::College(college)],
         };
         let mut ids = Vec::with_capacity(targets.len());
         for t in targets {

@@ -16,7 +16,7 @@ use serde::Serialize;
 pub use crate::events::data::SupportMessageView;
 use crate::{
     accounts::tokens::Role,
-    broker::{Broker, BrokerError, STAFF_ROUTING_KEY, user_routing_key},
+    broker::{Broker, BrokerError},
     config::Config,
     db::{
         self, DbError,
@@ -24,7 +24,7 @@ use crate::{
         support::{CLOSED, Events, OPEN},
     },
     delivery::outbox::Outbox,
-    events::{Event, data, rfc3339},
+    events::{Audience, Envelope, data, rfc3339},
     limits::{RateLimited, RateLimiter},
     validate::{self, Invalid},
 };
@@ -344,8 +344,8 @@ impl Support {
                     events.push(chat_event(chat));
                 }
                 events.push((
-                    routing_keys(chat),
-                    Event::of(&message_view(msg, Some(sender))).to_bytes(),
+                    audiences(chat),
+                    Envelope::of(&message_view(msg, Some(sender))),
                 ));
                 events
             },
@@ -389,19 +389,19 @@ fn not_found(chat_id: i64) -> SupportError {
     SupportError::NoSuchChat(chat_id)
 }
 
-/// The owner's postbox and, once, every agent's (through the staff group key).
-fn routing_keys(chat: &support_chat::Model) -> Vec<String> {
-    vec![user_routing_key(chat.user_id), STAFF_ROUTING_KEY.to_owned()]
+/// The owner's postboxes and, once, every agent's (through the staff group key).
+fn audiences(chat: &support_chat::Model) -> Vec<Audience> {
+    vec![Audience::Users(vec![chat.user_id]), Audience::Staff]
 }
 
 /// The `support_chat` event of a status change.
-fn chat_event(chat: &support_chat::Model) -> (Vec<String>, Vec<u8>) {
-    let event = Event::of(&data::SupportChat {
+fn chat_event(chat: &support_chat::Model) -> (Vec<Audience>, Envelope) {
+    let event = Envelope::of(&data::SupportChat {
         chat_id: chat.id,
         status: chat.status.clone(),
         user_id: chat.user_id,
         closed_by: chat.closed_by,
         last_updated: rfc3339(chat.updated_at),
     });
-    (routing_keys(chat), event.to_bytes())
+    (audiences(chat), event)
 }

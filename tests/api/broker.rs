@@ -144,7 +144,7 @@ async fn a_deleted_cached_postbox_does_not_swallow_events() {
 }
 
 #[tokio::test]
-async fn events_are_persistent_messages() {
+async fn events_are_persistent_messages_with_their_id_and_type_as_properties() {
     let app = spawn_app().await;
     let alice = app.member("alice").await;
     let bob = app.member("bob").await;
@@ -159,8 +159,15 @@ async fn events_are_persistent_messages() {
         .await
         .unwrap()
         .expect("the event is in the postbox");
-    assert_eq!(got.delivery.properties.delivery_mode(), &Some(2));
+    let props = &got.delivery.properties;
+    assert_eq!(props.delivery_mode(), &Some(2));
+    // The event's id and type travel as properties; the body is its data.
+    assert_eq!(props.kind().as_ref().map(|k| k.as_str()), Some("message"));
+    assert_eq!(
+        props.message_id().as_ref().map(|id| id.as_str().len()),
+        Some(36)
+    );
     let body: serde_json::Value = serde_json::from_slice(&got.delivery.data).unwrap();
-    assert_eq!(body["event"], "message");
+    assert_eq!(body["message"], "durable");
     let _ = conn.close(200, "OK".into()).await; // unacked: requeued
 }

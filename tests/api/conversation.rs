@@ -693,8 +693,8 @@ async fn a_message_that_cannot_be_stored_fails_alone_in_its_group() {
         attachment: None,
         event_for: Box::new(|m| {
             (
-                vec![postbox::broker::user_routing_key(m.receiver_id)],
-                b"{}".to_vec(),
+                vec![postbox::events::Audience::Users(vec![m.receiver_id])],
+                postbox::events::Envelope::custom("test", &serde_json::json!({})),
             )
         }),
     };

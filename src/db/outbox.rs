@@ -1,0 +1,174 @@
+//! The transactional outbox table: an event written in the same transaction as the data it
+//! announces, deleted once RabbitMQ confirmed it, republished by the relay when it is left behind
+//! (`crate::delivery::outbox`).
+//!
+//! A row holds the event's envelope as JSON and its audience as text, this module's own format
+//! (`user.1 user.2` for users, `college.5`, `group.staff`), which older rows share.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
+};
+
+use super::{DbError, entities::outbox};
+use crate::events::{Audience, Envelope};
+
+/// An event to publish once the transaction that stored its data has committed.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    pub outbox_id: i64,
+    pub audience: Audience,
+    pub event: Arc<Envelope>,
+}
+
+/// A row left behind, read back for the relay.
+#[derive(Debug, Clone)]
+pub struct StaleRow {
+    pub id: i64,
+    /// `None` when the row's audience cannot be read.
+    pub audience: Option<Audience>,
+    /// The envelope's JSON.
+    pub payload: String,
+    pub attempts: i32,
+}
+
+/// Adds `event` to the outbox inside the caller's transaction, one row per audience (all the users of
+/// one audience share a row: published to each of their postboxes).
+pub async fn insert<C: ConnectionTrait>(
+    db: &C,
+    audiences: Vec<Audience>,
+    event: Envelope,
+) -> Result<Vec<PendingEvent>, DbError> {
+    let event = Arc::new(event);
+    let payload = String::from_utf8(event.to_json()).expect("event envelopes are JSON text");
+    let mut pending = Vec::with_capacity(audiences.len());
+    for audience in audiences {
+        let row = outbox::ActiveModel {
+            routing_key: Set(audience_text(&audience)),
+            payload: Set(payload.clone()),
+            created_at: Set(Utc::now()),
+            attempts: Set(0),
+            ..Default::default()
+        }
+        .insert(db)
+        .await?;
+        pending.push(PendingEvent {
+            outbox_id: row.id,
+            audience,
+            event: event.clone(),
+        });
+    }
+    Ok(pending)
+}
+
+/// Removes outbox rows whose events RabbitMQ confirmed.
+pub async fn delete(db: &DatabaseConnection, ids: &[i64]) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox::Entity::delete_many()
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Outbox rows older than `min_age` (their inline publish failed or the process died before it).
+pub async fn stale(
+    db: &DatabaseConnection,
+    min_age: chrono::Duration,
+    limit: u64,
+) -> Result<Vec<StaleRow>, DbError> {
+    let rows = outbox::Entity::find()
+        .filter(outbox::Column::CreatedAt.lt(Utc::now() - min_age))
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StaleRow {
+            id: r.id,
+            audience: parse_audience(&r.routing_key),
+            payload: r.payload,
+            attempts: r.attempts,
+        })
+        .collect())
+}
+
+/// Counts a failed retry of an outbox row.
+pub async fn bump_attempts(db: &DatabaseConnection, id: i64) -> Result<(), DbError> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::Attempts,
+            Expr::col(outbox::Column::Attempts).add(1),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// An audience as a row stores it.
+fn audience_text(audience: &Audience) -> String {
+    match audience {
+        Audience::Users(ids) => ids
+            .iter()
+            .map(|id| format!("user.{id}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Audience::College(id) => format!("college.{id}"),
+        Audience::Staff => "group.staff".to_owned(),
+    }
+}
+
+/// An audience read back from a row.
+fn parse_audience(text: &str) -> Option<Audience> {
+    if text == "group.staff" {
+        return Some(Audience::Staff);
+    }
+    if let Some(id) = text.strip_prefix("college.") {
+        return id.parse().ok().map(Audience::College);
+    }
+    let users = text
+        .split(' ')
+        .map(|key| key.strip_prefix("user.")?.parse().ok())
+        .collect::<Option<Vec<i64>>>()?;
+    (!users.is_empty()).then_some(Audience::Users(users))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_read_back_as_written() {
+        for a in [
+            Audience::Users(vec![1]),
+            Audience::Users(vec![3, 1_000_000_000_000]),
+            Audience::College(0),
+            Audience::College(42),
+            Audience::Staff,
+        ] {
+            assert_eq!(parse_audience(&audience_text(&a)), Some(a.clone()), "{a:?}");
+        }
+        // The rows earlier versions wrote.
+        assert_eq!(
+            parse_audience("user.4 user.5"),
+            Some(Audience::Users(vec![4, 5]))
+        );
+        for bad in [
+            "",
+            "user.",
+            "user.x",
+            "college.",
+            "group.other",
+            "user.1 college.2",
+        ] {
+            assert_eq!(parse_audience(bad), None, "{bad:?}");
+        }
+    }
+}
