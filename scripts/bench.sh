@@ -10,7 +10,7 @@
 #   scripts/bench.sh raw               # the broker alone: publish with confirm + consume, no HTTP, no DB
 #   DB=postgres scripts/bench.sh a     # the same on PostgreSQL (a fresh database on 127.0.0.1:5432)
 #
-# Extra arguments after the scenario (and R for b) go to `postbox loadtest`; DURATION=s lengthens b and c,
+# Extra arguments after the scenario (and R for b) go to `postbox-loadtest`; DURATION=s lengthens b and c,
 # SENDERS=n changes the concurrent senders of a, b and raw (64), USERS=n resizes c and d,
 # BIN=path benchmarks that binary instead of building this tree, RESTART=s restarts Postbox s seconds
 # after it started (same database and broker prefix: every poller's next poll is a first poll in the
@@ -27,12 +27,19 @@ if [ "$scenario" = b ]; then
 fi
 
 scripts/services.sh $([ "${DB:-sqlite}" = postgres ] && echo --postgres)
-# BIN=path runs another build (an earlier commit's, to compare) instead of building this tree.
+# BIN=path runs another build of the service (an earlier commit's, to compare) instead of building this
+# tree; the load generator (postbox-loadtest, its own binary) is this tree's unless LOADTEST=path.
 if [ -n "${BIN:-}" ]; then
   bin=$BIN
 else
   cargo build --release --quiet --bin postbox
   bin=target/release/postbox
+fi
+if [ -n "${LOADTEST:-}" ]; then
+  loadtest=$LOADTEST
+else
+  cargo build --release --quiet --bin postbox-loadtest
+  loadtest=target/release/postbox-loadtest
 fi
 ulimit -n "$(ulimit -Hn)" || true
 
@@ -105,7 +112,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-lt=("$bin" loadtest --json "$json")
+lt=("$loadtest" --json "$json")
 [ -n "$broker_pid" ] && lt+=(--broker-pid "$broker_pid")
 if [ "$scenario" != raw ]; then
   "$bin" migrate >/dev/null

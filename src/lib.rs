@@ -15,7 +15,6 @@ pub mod delivery;
 pub mod events;
 pub mod http;
 pub mod limits;
-pub mod loadtest;
 pub mod memory;
 pub mod notify;
 pub mod state;

@@ -130,7 +130,7 @@ pub async fn serve(
         };
         // TCP_NODELAY: a poll answer with events is written as two chunks (the events, then the end of
         // the chunked body once they are acknowledged); with Nagle the second write waited for the
-        // client's delayed ACK, adding ~40 ms to every delivery (measured with `postbox loadtest`).
+        // client's delayed ACK, adding ~40 ms to every delivery (measured with `postbox-loadtest`).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
         }

@@ -1,4 +1,4 @@
-//! `postbox loadtest` against a real spawned service: a short run of each mode must complete, lose and
+//! `postbox-loadtest` against a real spawned service: a short run of each mode must complete, lose and
 //! duplicate nothing, and write a JSON report that parses. No timing assertions.
 
 use std::process::Command;
@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::spawn_app;
 
-const BIN: &str = env!("CARGO_BIN_EXE_postbox");
+const BIN: &str = env!("CARGO_BIN_EXE_postbox-loadtest");
 
 #[tokio::test]
 async fn a_short_send_run_loses_and_duplicates_nothing() {
@@ -128,13 +128,12 @@ struct AppRef {
     config: postbox::config::Config,
 }
 
-/// Runs `postbox loadtest` with `args` against the app (from a blocking thread: the service runs on
+/// Runs `postbox-loadtest` with `args` against the app (from a blocking thread: the service runs on
 /// this test's runtime) and returns the parsed JSON report.
 fn run(app: &AppRef, admin_token: &str, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let out = Command::new(BIN)
-        .arg("loadtest")
         .args(["--url", &app.addr, "--admin-token", admin_token])
         .args(["--amqp-url", &app.config.amqp_url])
         // The service runs inside this test process.

@@ -1,4 +1,4 @@
-//! `postbox loadtest --mode raw`: RabbitMQ's own limit on this machine, to read Postbox's figures
+//! `postbox-loadtest --mode raw`: RabbitMQ's own limit on this machine, to read Postbox's figures
 //! against. It publishes persistent messages with confirms (each sender a confirm-mode channel awaiting
 //! every confirm, as a Postbox send does) to up to 1 000 durable queues, consumes them with manual acks
 //! and a prefetch of 100, and measures like the HTTP modes: no HTTP, no database, no Postbox.
@@ -28,7 +28,7 @@ use super::{
     report::{Report, clock_ticks},
     unix_nanos,
 };
-use crate::events::{Event, MessageView, kind};
+use postbox::events::{Event, MessageView, kind};
 
 /// Queues the baseline spreads its messages over, at most.
 const MAX_QUEUES: u32 = 1000;
@@ -46,7 +46,7 @@ pub fn event_size(chars: usize) -> usize {
         message: "x".repeat(chars),
         attachment: None,
         attachment_type: None,
-        timestamp: crate::events::rfc3339(chrono::Utc::now()),
+        timestamp: postbox::events::rfc3339(chrono::Utc::now()),
         is_read: false,
         delivered_at: None,
         read_at: None,
@@ -69,14 +69,14 @@ async fn connect(url: &str) -> anyhow::Result<Connection> {
     .with_context(|| {
         format!(
             "cannot connect to RabbitMQ at {}",
-            crate::config::redact_url(url)
+            postbox::config::redact_url(url)
         )
     })
 }
 
 /// Runs the raw broker baseline.
 pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Report> {
-    let started_at = crate::events::rfc3339(chrono::Utc::now());
+    let started_at = postbox::events::rfc3339(chrono::Utc::now());
     let setup_began = Instant::now();
     let run = super::run_id();
     let ticks = clock_ticks();

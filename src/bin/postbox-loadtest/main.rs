@@ -1,4 +1,4 @@
-//! `postbox loadtest`: a load generator for a running Postbox, and a raw RabbitMQ baseline.
+//! `postbox-loadtest`: a load generator for a running Postbox, and a raw RabbitMQ baseline.
 //!
 //! Modes: `send` (U long-poll loops and S senders at an aggregate rate R for D seconds), `idle` (U pollers,
 //! no sends), `broadcast` (one notification to a college of U users) and `raw` (publish-with-confirm and
@@ -7,7 +7,7 @@
 //! the receiving poll's clock minus that, loss is accepted sends never delivered after the drain, and
 //! duplicates are repeated deliveries. Results are a [`report::Report`] (table and JSON).
 //!
-//! It talks to Postbox only through its public HTTP API (reusing the wire types of [`crate::events`] and
+//! It talks to Postbox only through its public HTTP API (reusing the wire types of [`postbox::events`] and
 //! the poll answer), never through its database or broker, and it must not be pointed at a production
 //! service: it creates users that it does not delete.
 
@@ -25,14 +25,14 @@ use std::{
 };
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use futures_util::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use reqwest::{StatusCode, header::HeaderValue};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
+use postbox::{
     accounts::CreatedUser,
     events::{Event, MessageView, UserView, kind},
 };
@@ -76,7 +76,7 @@ impl Mode {
     }
 }
 
-/// `postbox loadtest` flags.
+/// `postbox-loadtest` flags.
 #[derive(Debug, Clone, Args)]
 pub struct LoadtestArgs {
     /// What to run.
@@ -213,9 +213,36 @@ impl LoadtestArgs {
     }
 }
 
-/// Runs `postbox loadtest`: prints the table, writes the JSON, returns the exit code (0 when the run
+/// Runs `postbox-loadtest`: prints the table, writes the JSON, returns the exit code (0 when the run
 /// completed, whatever it measured; an unavailable mode is reported, not failed).
-pub async fn main(args: LoadtestArgs) -> anyhow::Result<i32> {
+#[tokio::main]
+async fn main() {
+    // Every poller holds a socket: use as many descriptors as the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warning: cannot raise the open-file limit: {e}");
+    }
+    let cli = Cli::parse();
+    match start(*cli.args).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Load-test a running Postbox (or, with `--mode raw`, RabbitMQ alone) and report sent, delivered,
+/// lost and duplicated messages, latency percentiles, rates, polls, and the server's CPU and peak
+/// RSS. It creates its own users through the admin API; never point it at production.
+/// See docs/BENCHMARKS.md.
+#[derive(Debug, Parser)]
+#[command(name = "postbox-loadtest", version)]
+struct Cli {
+    #[command(flatten)]
+    args: Box<LoadtestArgs>,
+}
+
+async fn start(args: LoadtestArgs) -> anyhow::Result<i32> {
     args.validate()?;
     let report = run(&args).await?;
     println!("{}", report.table());
@@ -641,7 +668,7 @@ async fn poll_loop(
             warm = false;
             ready.fetch_add(1, Ordering::Relaxed);
         }
-        let Ok(answer) = serde_json::from_slice::<crate::http::poll::PollResponse>(&body) else {
+        let Ok(answer) = serde_json::from_slice::<postbox::http::poll::PollResponse>(&body) else {
             tracker.poll_errors.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -739,7 +766,7 @@ fn overview_number(v: &Option<serde_json::Value>, path: &[&str]) -> Option<u64> 
 
 /// `send`, `idle` and `broadcast`.
 async fn http_run(args: &LoadtestArgs) -> anyhow::Result<Report> {
-    let started_at = crate::events::rfc3339(chrono::Utc::now());
+    let started_at = postbox::events::rfc3339(chrono::Utc::now());
     let setup_began = Instant::now();
     let run = run_id();
     let ticks = clock_ticks();
