@@ -393,3 +393,55 @@ impl From<&user::Model> for UserView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{AccountsError, Changes, UserRequest};
+    use crate::{app::testing::Parts, db};
+
+    #[tokio::test]
+    async fn users_are_created_once_and_their_tokens_follow_changes_and_revocations() {
+        let parts = Parts::start().await;
+        let accounts = &parts.accounts;
+        let new = |username| UserRequest {
+            username,
+            ..UserRequest::default()
+        };
+        let created = accounts.create_user(new("dana")).await.unwrap();
+        let taken = accounts.create_user(new("dana")).await;
+        assert!(
+            matches!(taken, Err(AccountsError::UsernameTaken(_))),
+            "{taken:?}"
+        );
+        let bad = accounts.create_user(new("da na")).await;
+        assert!(matches!(bad, Err(AccountsError::Invalid(_))), "{bad:?}");
+        let wrong = accounts.authenticate("0123456789", false).await;
+        assert!(
+            matches!(wrong, Err(AccountsError::Unauthenticated(_))),
+            "{wrong:?}"
+        );
+
+        // Remembered by a cached authentication; a change of the user is seen at once.
+        let caller = accounts.authenticate(&created.token, true).await.unwrap();
+        assert_eq!(caller.user.role, "member");
+        let changes = Changes {
+            display_name: None,
+            college_id: None,
+            role: Some("staff".into()),
+        };
+        accounts.update_user(caller.user.id, changes).await.unwrap();
+        let again = accounts.authenticate(&created.token, true).await.unwrap();
+        assert_eq!(again.user.role, "staff");
+
+        // A revocation (as `postbox tokens revoke` and the control message do it) is seen at once.
+        let hashes = db::users::revoke_tokens(&parts.db, caller.user.id, None)
+            .await
+            .unwrap();
+        accounts.tokens().forget_tokens(&hashes);
+        let revoked = accounts.authenticate(&created.token, true).await;
+        assert!(
+            matches!(revoked, Err(AccountsError::Unauthenticated(_))),
+            "{revoked:?}"
+        );
+    }
+}

@@ -5,12 +5,12 @@
 //! Tokens are never logged. How a request carries one is the HTTP layer's business (`crate::http::auth`).
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
+use moka::sync::Cache;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -124,60 +124,59 @@ impl TokenLookups {
 /// Only live tokens are remembered (an unknown token always asks the database), each for at most the
 /// configured time and never past the token's own expiry.
 ///
-/// Revoking a token or changing a user forgets the entries at once: in this process directly, in the
-/// others through the control message (`crate::control`). A lookup that raced with such a change is not
-/// remembered (the generation moved on while it ran).
+/// A bounded cache (moka: at most [`TOKEN_CACHE_MAX`] entries, the least useful evicted first, each
+/// dropped `ttl` after it was remembered). Revoking a token or changing a user forgets the entries at
+/// once: in this process directly, in the others through the control message (`crate::broker::control`).
+/// A lookup that raced with such a change is not remembered: the generation moved on while it ran, and
+/// the generation's lock makes "check it, then insert" one step against "move it, then forget".
 #[derive(Clone)]
 pub struct TokenCache {
-    inner: Arc<Mutex<TokenCacheInner>>,
+    entries: Cache<String, Remembered>,
+    generation: Arc<Mutex<u64>>,
     ttl: Duration,
 }
 
-struct TokenCacheInner {
-    entries: HashMap<String, Remembered>,
-    generation: u64,
-}
-
+#[derive(Clone)]
 struct Remembered {
     user: user::Model,
-    until: Instant,
     /// The token's own expiry, checked on every hit.
     expires_at: Option<DateTime<Utc>>,
 }
 
-/// Entries kept at most; beyond, stale entries are dropped, then everything.
-const TOKEN_CACHE_MAX: usize = 200_000;
+/// Entries kept at most.
+const TOKEN_CACHE_MAX: u64 = 200_000;
 
 impl TokenCache {
     /// A cache remembering tokens for `ttl` (zero: never).
     pub fn new(ttl: Duration) -> Self {
         TokenCache {
-            inner: Arc::new(Mutex::new(TokenCacheInner {
-                entries: HashMap::new(),
-                generation: 0,
-            })),
+            entries: Cache::builder()
+                .max_capacity(TOKEN_CACHE_MAX)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .support_invalidation_closures()
+                .build(),
+            generation: Arc::new(Mutex::new(0)),
             ttl,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, TokenCacheInner> {
-        self.inner.lock().expect("token cache lock")
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.generation.lock().expect("token cache lock")
     }
 
     /// The user of a remembered, still live token, and the token's expiry.
     pub fn get(&self, key_hash: &str) -> Option<(user::Model, Option<DateTime<Utc>>)> {
-        let mut inner = self.lock();
-        let entry = inner.entries.get(key_hash)?;
-        if entry.until > Instant::now() && entry.expires_at.is_none_or(|t| t > Utc::now()) {
-            return Some((entry.user.clone(), entry.expires_at));
+        let entry = self.entries.get(key_hash)?;
+        if entry.expires_at.is_none_or(|t| t > Utc::now()) {
+            return Some((entry.user, entry.expires_at));
         }
-        inner.entries.remove(key_hash);
+        self.entries.invalidate(key_hash);
         None
     }
 
     /// Where the cache stands; pass it to [`TokenCache::insert`] after the lookup.
     pub fn generation(&self) -> u64 {
-        self.lock().generation
+        *self.lock()
     }
 
     /// Remembers a token found live by a lookup that started at `generation`.
@@ -191,48 +190,41 @@ impl TokenCache {
         if self.ttl.is_zero() {
             return;
         }
-        let mut inner = self.lock();
-        if inner.generation != generation {
+        let current = self.lock();
+        if *current != generation {
             return;
         }
-        if inner.entries.len() >= TOKEN_CACHE_MAX {
-            let now = Instant::now();
-            inner.entries.retain(|_, e| e.until > now);
-            if inner.entries.len() >= TOKEN_CACHE_MAX {
-                inner.entries.clear();
-            }
-        }
-        inner.entries.insert(
-            key_hash,
-            Remembered {
-                user: user.clone(),
-                until: Instant::now() + self.ttl,
-                expires_at,
-            },
-        );
+        let remembered = Remembered {
+            user: user.clone(),
+            expires_at,
+        };
+        self.entries.insert(key_hash, remembered);
     }
 
     /// Forgets these tokens (revoked).
     pub fn forget_tokens(&self, key_hashes: &[String]) {
-        let mut inner = self.lock();
-        inner.generation += 1;
+        let mut generation = self.lock();
+        *generation += 1;
         for hash in key_hashes {
-            inner.entries.remove(hash);
+            self.entries.invalidate(hash);
         }
     }
 
     /// Forgets every token of a user (the user changed: role, college, name).
     pub fn forget_user(&self, user_id: i64) {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        inner.entries.retain(|_, e| e.user.id != user_id);
+        let mut generation = self.lock();
+        *generation += 1;
+        // Only fails when invalidation closures were not enabled at build time (they are).
+        let _ = self
+            .entries
+            .invalidate_entries_if(move |_, e| e.user.id == user_id);
     }
 
     /// Forgets everything (the control listener reconnected: it may have missed messages).
     pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        inner.entries.clear();
+        let mut generation = self.lock();
+        *generation += 1;
+        self.entries.invalidate_all();
     }
 }
 
@@ -301,6 +293,11 @@ mod tests {
         let past = Utc::now() - chrono::Duration::seconds(1);
         cache.insert("e".into(), &user(1), Some(past), cache.generation());
         assert!(cache.get("e").is_none(), "an expired token is never served");
+        let short = TokenCache::new(Duration::from_millis(50));
+        short.insert("s".into(), &user(1), None, short.generation());
+        assert!(short.get("s").is_some());
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(short.get("s").is_none(), "remembered for the ttl only");
         let off = TokenCache::new(Duration::ZERO);
         off.insert("a".into(), &user(1), None, off.generation());
         assert!(off.get("a").is_none());

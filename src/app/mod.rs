@@ -3,6 +3,8 @@
 
 pub mod control;
 pub mod tasks;
+#[cfg(test)]
+pub mod testing;
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use self::tasks::Supervisor;
 use crate::{
     accounts::Accounts,
-    broker::{Broker, BrokerError},
+    broker::{
+        Broker, BrokerError,
+        tls::{TlsSettings, TlsSetupError},
+    },
     chat::{self, Chat, ChatLimits, ChatParts},
     config::{Config, ConfigError},
     db::{self, DbError},
@@ -37,6 +42,9 @@ pub enum RunError {
     Db(#[from] DbError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The TLS files for RabbitMQ cannot be read or used.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     #[error("HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,6 +60,7 @@ pub struct Service {
 /// Connects the database (and migrates it) and the broker, and builds every service.
 pub async fn connect(config: Config, shutdown: CancellationToken) -> Result<Service, RunError> {
     config.validate()?;
+    TlsSettings::from_config(&config)?;
     let db = db::connect(&config.database_url, config.backend_timeout()).await?;
     db::migrate(&db).await?;
     let broker = Broker::connect(&config, shutdown).await?;

@@ -28,15 +28,10 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
-use crate::config::Config;
+use crate::config::{CA_FILE_VAR, CLIENT_CERT_VAR, CLIENT_KEY_VAR, Config};
 
 /// The socket type lapin's tokio runtime reads and writes.
 pub type Stream = AsyncTcpStream<<Tokio as Reactor>::TcpStream>;
-
-/// The environment variables, named in every message about them.
-pub const CA_FILE_VAR: &str = "POSTBOX_AMQP_CA_FILE";
-pub const CLIENT_CERT_VAR: &str = "POSTBOX_AMQP_CLIENT_CERT";
-pub const CLIENT_KEY_VAR: &str = "POSTBOX_AMQP_CLIENT_KEY";
 
 /// A TLS setting that cannot work (unreadable or unparsable file, a certificate without its key, ...).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,9 +92,7 @@ fn certificates(var: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
 impl TlsSettings {
     /// Whether the configuration names any TLS file.
     pub fn configured(config: &Config) -> bool {
-        config.amqp_ca_file.is_some()
-            || config.amqp_client_cert.is_some()
-            || config.amqp_client_key.is_some()
+        config.amqp_tls_configured()
     }
 
     /// Reads and checks the configured files: each must be readable PEM, the client certificate and key

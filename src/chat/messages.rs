@@ -255,3 +255,81 @@ impl Messages {
         self.writes.ask(|reply| (message, reply)).await?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        app::testing::{Parts, next_events},
+        chat::ChatError,
+        delivery::Ack,
+    };
+
+    #[tokio::test]
+    async fn a_sent_message_is_stored_and_reaches_the_receivers_postbox() {
+        let parts = Parts::start().await;
+        let (chat, delivery) = (parts.chat(), parts.delivery());
+        let alice = parts.user("alice").await;
+        let bob = parts.user("bob").await;
+        let mut session = delivery.open(&bob, None, Ack::OnHandOver).await.unwrap();
+
+        let sent = chat
+            .send(&alice.user, bob.user.id, "hello bob".into(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (sent.sender_id, sent.receiver_id),
+            (alice.user.id, bob.user.id)
+        );
+
+        let events = next_events(&mut session, true).await;
+        let message = events
+            .iter()
+            .find(|e| e.kind == "message")
+            .unwrap_or_else(|| panic!("no message event in {events:?}"));
+        assert_eq!(message.data["id"], sent.id);
+        assert_eq!(message.data["message"], "hello bob");
+        assert_eq!(message.data["sender_id"], alice.user.id);
+
+        let page = chat
+            .history(
+                &bob.user,
+                alice.user.id,
+                crate::db::chat::Cursor::Latest,
+                50,
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 1, "stored once");
+        assert_eq!(page.messages[0].message, "hello bob");
+    }
+
+    #[tokio::test]
+    async fn a_refused_send_stores_and_announces_nothing() {
+        let parts = Parts::start().await;
+        let (chat, delivery) = (parts.chat(), parts.delivery());
+        let alice = parts.user("alice").await;
+        let bob = parts.user("bob").await;
+        let to_self = chat
+            .send(&alice.user, alice.user.id, "me".into(), None)
+            .await;
+        assert!(matches!(to_self, Err(ChatError::ToSelf)), "{to_self:?}");
+        let nobody = chat.send(&alice.user, 999_999, "hi".into(), None).await;
+        assert!(
+            matches!(nobody, Err(ChatError::NoSuchUser(999_999))),
+            "{nobody:?}"
+        );
+        let nul = chat
+            .send(&alice.user, bob.user.id, "a\0b".into(), None)
+            .await;
+        assert!(matches!(nul, Err(ChatError::Invalid(_))), "{nul:?}");
+        let blank = chat.send(&alice.user, bob.user.id, "  ".into(), None).await;
+        assert!(matches!(blank, Err(ChatError::Invalid(_))), "{blank:?}");
+
+        let conversations = chat.conversations(&bob.user).await.unwrap();
+        assert!(conversations.is_empty(), "{conversations:?}");
+        let mut session = delivery.open(&bob, None, Ack::OnHandOver).await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let batch = session.next(deadline).await.unwrap();
+        assert!(batch.is_empty(), "bob's postbox holds nothing");
+    }
+}

@@ -104,3 +104,67 @@ impl Chat {
             .ok_or(ChatError::NoSuchConversation)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MarkRead;
+    use crate::{
+        app::testing::{Parts, next_events},
+        chat::ChatError,
+        delivery::Ack,
+    };
+
+    #[tokio::test]
+    async fn reading_marks_the_messages_and_tells_the_sender() {
+        let parts = Parts::start().await;
+        let (chat, delivery) = (parts.chat(), parts.delivery());
+        let alice = parts.user("alice").await;
+        let bob = parts.user("bob").await;
+        let sent = chat
+            .send(&alice.user, bob.user.id, "read me".into(), None)
+            .await
+            .unwrap();
+        let mut alices = delivery.open(&alice, None, Ack::OnHandOver).await.unwrap();
+        // What alice's postbox held before the receipt (her own copy of the message, if any).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        alices.next(deadline).await.unwrap().handed_over().await;
+
+        let by_user = MarkRead {
+            conversation_id: None,
+            user_id: Some(alice.user.id),
+            message_ids: None,
+            up_to: None,
+        };
+        let result = chat.mark_read(&bob.user, by_user).await.unwrap();
+        assert_eq!(result.marked, 1);
+        assert_eq!(result.message_ids, [sent.id]);
+
+        let events = next_events(&mut alices, true).await;
+        let receipt = events
+            .iter()
+            .find(|e| e.kind == "read_receipt")
+            .unwrap_or_else(|| panic!("no read_receipt in {events:?}"));
+        assert_eq!(receipt.data["reader_id"], bob.user.id);
+
+        // Nothing is left to mark, and a third user cannot touch the conversation.
+        let again = MarkRead {
+            conversation_id: Some(result.conversation_id),
+            user_id: None,
+            message_ids: None,
+            up_to: None,
+        };
+        assert_eq!(chat.mark_read(&bob.user, again).await.unwrap().marked, 0);
+        let stranger = parts.user("carol").await;
+        let foreign = MarkRead {
+            conversation_id: Some(result.conversation_id),
+            user_id: None,
+            message_ids: None,
+            up_to: None,
+        };
+        let refused = chat.mark_read(&stranger.user, foreign).await;
+        assert!(
+            matches!(refused, Err(ChatError::NoSuchConversation)),
+            "{refused:?}"
+        );
+    }
+}

@@ -367,3 +367,59 @@ fn handed_over<'a>(user_id: i64, events: impl Iterator<Item = Received<'a>>) -> 
     }
     messages
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Ack;
+    use crate::app::testing::{Parts, next_events};
+
+    #[tokio::test]
+    async fn events_not_handed_over_stay_in_the_postbox_and_handed_over_ones_do_not() {
+        let parts = Parts::start().await;
+        let (chat, delivery) = (parts.chat(), parts.delivery());
+        let alice = parts.user("alice").await;
+        let bob = parts.user("bob").await;
+        let mut session = delivery.open(&bob, None, Ack::OnHandOver).await.unwrap();
+        chat.send(&alice.user, bob.user.id, "one".into(), None)
+            .await
+            .unwrap();
+        // Taken, but the answer never reached the client: dropped, not handed over.
+        let first = next_events(&mut session, false).await;
+        assert_eq!(first.len(), 1, "{first:?}");
+        drop(session);
+
+        let mut again = delivery.open(&bob, None, Ack::OnHandOver).await.unwrap();
+        let second = next_events(&mut again, true).await;
+        assert_eq!(
+            second.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            [&first[0].id],
+            "the same event, same id"
+        );
+        drop(again);
+
+        let mut third = delivery.open(&bob, None, Ack::OnHandOver).await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let batch = third.next(deadline).await.unwrap();
+        assert!(batch.is_empty(), "acknowledged once handed over");
+    }
+
+    #[tokio::test]
+    async fn a_users_polls_and_streams_are_capped() {
+        let parts = Parts::start().await;
+        let delivery = parts.delivery();
+        let bob = parts.user("bob").await;
+        let cap = parts.config.max_polls_per_user as usize;
+        let mut open = Vec::new();
+        for _ in 0..cap {
+            open.push(delivery.open(&bob, None, Ack::OnHandOver).await.unwrap());
+        }
+        let beyond = delivery.open(&bob, None, Ack::OnHandOver).await;
+        assert!(
+            matches!(beyond, Err(super::DeliveryError::TooMany(_))),
+            "{:?}",
+            beyond.err()
+        );
+        open.pop();
+        assert!(delivery.open(&bob, None, Ack::OnHandOver).await.is_ok());
+    }
+}

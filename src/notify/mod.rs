@@ -381,3 +381,74 @@ pub struct MarkedAll {
 fn invalid(field: &'static str, reason: impl Into<String>) -> NotifyError {
     Invalid::new(field, reason).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Draft, NotifyError, Target};
+    use crate::{
+        app::testing::{Parts, next_events},
+        delivery::Ack,
+    };
+
+    fn draft(target: Target, title: &str) -> Draft {
+        Draft {
+            target,
+            title: title.into(),
+            message: "the body".into(),
+            notification_type: None,
+            data: Some(serde_json::json!({"link": "/grades"})),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_notification_is_stored_announced_and_read() {
+        let parts = Parts::start().await;
+        let (notify, delivery) = (parts.notify(), parts.delivery());
+        let bob = parts.user("bob").await;
+        let staff = parts.user_as("teacher", "staff").await;
+        let mut bobs = delivery.open(&bob, None, Ack::OnHandOver).await.unwrap();
+
+        let refused = notify
+            .create_as(&bob.user, draft(Target::User(staff.user.id), "hi"))
+            .await;
+        assert!(
+            matches!(refused, Err(NotifyError::Forbidden(_))),
+            "{refused:?}"
+        );
+        let created = notify
+            .create_as(
+                &staff.user,
+                draft(Target::User(bob.user.id), "Grades are out"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.recipients, 1);
+
+        let events = next_events(&mut bobs, true).await;
+        let event = events
+            .iter()
+            .find(|e| e.kind == "notification")
+            .unwrap_or_else(|| panic!("no notification in {events:?}"));
+        assert_eq!(event.data["id"], created.notification.id);
+        assert_eq!(event.data["title"], "Grades are out");
+
+        let page = notify.list(&bob.user, true, None, 20).await.unwrap();
+        assert_eq!(page.unread_count, 1);
+        assert_eq!(
+            page.results[0].data,
+            Some(serde_json::json!({"link": "/grades"}))
+        );
+        notify
+            .mark_read(&bob.user, created.notification.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            notify
+                .list(&bob.user, true, None, 20)
+                .await
+                .unwrap()
+                .unread_count,
+            0
+        );
+    }
+}

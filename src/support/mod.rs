@@ -405,3 +405,67 @@ fn chat_event(chat: &support_chat::Model) -> (Vec<Audience>, Envelope) {
     });
     (audiences(chat), event)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Agent, SupportError, SupportLimits};
+    use crate::{
+        app::testing::{Parts, next_events},
+        delivery::Ack,
+    };
+
+    #[tokio::test]
+    async fn a_members_message_reaches_the_agents_and_the_unanswered_cap_holds_until_answered() {
+        let parts = Parts::start().await;
+        let support = parts.support(SupportLimits {
+            max_message_chars: 1000,
+            max_unanswered: 2,
+        });
+        let delivery = parts.delivery();
+        let member = parts.user("member").await;
+        let staff = parts.user_as("agent", "staff").await;
+        let agent = Agent::new(&staff.user).unwrap();
+        assert!(matches!(
+            Agent::new(&member.user),
+            Err(SupportError::NotAnAgent)
+        ));
+        let mut agents = delivery.open(&staff, None, Ack::OnHandOver).await.unwrap();
+
+        support
+            .send_as_user(&member.user, "help".into())
+            .await
+            .unwrap();
+        let events = next_events(&mut agents, true).await;
+        assert!(
+            events.iter().any(|e| e.data["message"] == "help"),
+            "the agent's postbox gets the member's message: {events:?}"
+        );
+        support
+            .send_as_user(&member.user, "anyone?".into())
+            .await
+            .unwrap();
+        let third = support.send_as_user(&member.user, "hello?".into()).await;
+        assert!(
+            matches!(third, Err(SupportError::RateLimited(_))),
+            "{third:?}"
+        );
+
+        let chat = support.my_chat(&member.user).await.unwrap();
+        let chats = support.list_chats(&agent, None).await.unwrap();
+        assert_eq!(chats.iter().map(|c| c.id).collect::<Vec<_>>(), [chat.id]);
+        support
+            .send_as_agent(&agent, chat.id, "here".into())
+            .await
+            .unwrap();
+        support
+            .send_as_user(&member.user, "thanks".into())
+            .await
+            .expect("an answer lifts the cap");
+        let messages = support.my_messages(&member.user, None).await.unwrap();
+        assert_eq!(
+            messages.messages.len(),
+            4,
+            "the refused message was not stored"
+        );
+    }
+}

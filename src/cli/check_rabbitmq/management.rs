@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{
     CheckFailure, Management, Mismatch, Overview, Permissions, QueueLoad, Report,
-    permissions::{judge_permissions, shell_quote},
+    permissions::{PermissionsJson, judge_permissions, shell_quote},
 };
 use crate::broker::{
     Topology,
@@ -500,13 +500,6 @@ fn tags(v: &Value) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-#[derive(Deserialize)]
-pub(super) struct PermissionsJson {
-    pub configure: String,
-    pub write: String,
-    pub read: String,
 }
 
 #[derive(Deserialize)]

@@ -262,6 +262,8 @@ pub async fn command(
     config: &Config,
 ) -> anyhow::Result<i32> {
     config.validate()?;
+    // Unusable TLS files are a configuration error (exit code 1), like any invalid setting.
+    TlsSettings::from_config(config)?;
     // Only needed when the management API cannot list the postboxes.
     let users = match crate::db::connect(&config.database_url, config.backend_timeout()).await {
         Ok(conn) => crate::db::users::all_ids(&conn).await.ok(),

@@ -5,8 +5,17 @@
 //! quantifiers, `\b`), with ASCII classes as PCRE's defaults. What it does not read (look-arounds,
 //! back-references) leaves the judgement undecided: never a guess.
 
+use serde::Deserialize;
+
 use super::Permissions;
-use super::management::PermissionsJson;
+
+/// `/api/permissions/<vhost>/<user>`: the user's three patterns.
+#[derive(Deserialize)]
+pub(super) struct PermissionsJson {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
 
 /// A permission as a matcher, or `None` when its syntax is outside what `regex` reads.
 fn matcher(pattern: &str) -> Option<regex::bytes::Regex> {
