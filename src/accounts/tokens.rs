@@ -2,7 +2,7 @@
 //! authenticated lately, and the grouped token lookups.
 //!
 //! A token is 40 random hex characters, shown once when created; the database keeps its SHA-256 digest.
-//! Tokens are never logged. How a request carries one is the HTTP layer's business (`crate::http::auth`).
+//! Tokens are never logged. How a request carries one is the HTTP layer's business (`http::auth`).
 
 use std::{
     sync::{Arc, Mutex},
@@ -120,11 +120,11 @@ impl TokenLookups {
     }
 }
 
-/// Tokens authenticated lately, with their user, so most polls skip the token query ([`PollingUser`]).
+/// Tokens authenticated lately, with their user, so most polls skip the token query (the HTTP layer's `PollingUser`).
 /// Only live tokens are remembered (an unknown token always asks the database), each for at most the
 /// configured time and never past the token's own expiry.
 ///
-/// A bounded cache (moka: at most [`TOKEN_CACHE_MAX`] entries, the least useful evicted first, each
+/// A bounded cache (moka: at most `TOKEN_CACHE_MAX` entries, the least useful evicted first, each
 /// dropped `ttl` after it was remembered). Revoking a token or changing a user forgets the entries at
 /// once: in this process directly, in the others through the control message (`crate::broker::control`).
 /// A lookup that raced with such a change is not remembered: the generation moved on while it ran, and

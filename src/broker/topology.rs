@@ -9,7 +9,7 @@
 //! - One more queue per **registered client** (tab, device), `<prefix>.client.<user id>.<client id>`,
 //!   bound with the same keys, so every client of a user receives every event.
 //!
-//! Nothing here touches the network except [`declare_exchange`], [`declare_user_queue`] and
+//! Nothing here touches the network except [`declare_exchange`], [`Broker::declare_user_queue`](super::Broker::declare_user_queue) and
 //! [`passive_queue`], which take the channel to use from the caller.
 
 use lapin::{

@@ -1,7 +1,7 @@
 //! Gaps are announced, never silent.
 //!
 //! Every postbox dead-letters what RabbitMQ drops from it: the oldest event when a 101st arrives
-//! (`x-death` reason `maxlen`) and events past their TTL (`expired`). [`run_dead_letter_consumer`] reads
+//! (`x-death` reason `maxlen`) and events past their TTL (`expired`). [`crate::broker::dead_letters::run`] reads
 //! the dead-letter queue (each instance competes for it), records the loss per postbox in the
 //! database and flags the queue in the hub. A postbox whose client registered before but whose queue
 //! vanished (deleted by an operator, evicted) records a `queue_deleted` gap when polled.

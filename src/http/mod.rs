@@ -1,5 +1,6 @@
-//! The HTTP layer: routes, middleware, extractors. Handlers are thin: they parse input, call the domain
-//! (`chat`, `broker`, `db`) and shape the answer. Errors become JSON through [`crate::http::error::ApiError`].
+//! The HTTP layer: routes, middleware, extractors. Handlers are thin: they parse input, call a domain
+//! service (`chat`, `notify`, `support`, `accounts`, `delivery`) and shape the answer. Every domain
+//! error becomes JSON in one place, [`crate::http::error::ApiError`].
 
 pub mod account;
 pub mod admin;

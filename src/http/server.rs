@@ -85,7 +85,7 @@ impl Limits {
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting, lets the open
-/// connections finish (at most [`DRAIN_DEADLINE`]) and returns.
+/// connections finish (at most `DRAIN_DEADLINE`) and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,

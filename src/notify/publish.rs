@@ -34,7 +34,7 @@ pub const RESERVED: &[&str] = &[
     "support_chat",
 ];
 
-/// A publish request, validated by [`publish`].
+/// A publish request, validated by `Notify::publish`.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub event: String,

@@ -14,7 +14,7 @@
 //! with a distinct exit code ([`CheckFailure::exit_code`], [`Report::exit_code`]). Passwords are never
 //! printed.
 //!
-//! [`management`] reads the management API, [`permissions`] judges the user's permissions, [`print`] writes
+//! `management` reads the management API, `permissions` judges the user's permissions, [`print`] writes
 //! the report for a terminal.
 
 mod management;
