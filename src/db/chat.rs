@@ -1,9 +1,14 @@
 //! Conversations and chat messages.
+//!
+//! A message is stored under its conversation's row lock (`SELECT ... FOR UPDATE` on PostgreSQL;
+//! SQLite's write transaction already serialises writers) with `created_at` from
+//! [`super::next_message_time`]: unique, strictly increasing and in id order within the conversation, in
+//! whole milliseconds, so seed 003's `since=<the last timestamp I have>` is exact.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
-    QueryFilter, Set, sea_query::Expr,
+    QueryFilter, QuerySelect, Set, sea_query::Expr,
 };
 
 use super::{
@@ -112,7 +117,14 @@ async fn store_one<C: ConnectionTrait>(
         Some(id) => id,
         None => conversation_for(txn, sender_id, receiver_id).await?.id,
     };
-    let now = Utc::now();
+    let previous: Option<Option<DateTime<Utc>>> = conversation::Entity::find_by_id(conversation_id)
+        .select_only()
+        .column(conversation::Column::LastMessageAt)
+        .lock_exclusive()
+        .into_tuple()
+        .one(txn)
+        .await?;
+    let now = super::next_message_time(previous.flatten());
     let msg = chat_message::ActiveModel {
         conversation_id: Set(conversation_id),
         sender_id: Set(sender_id),

@@ -25,6 +25,22 @@ use sea_orm::{
 
 use crate::config::redact_url;
 
+/// The time of a message in a thread (a conversation, a support chat) whose last message is at
+/// `previous`: now in whole milliseconds (what the API prints and clients echo back as `since`), or 1 ms
+/// after `previous` when that is not earlier. Called under the thread's row lock, it makes the thread's
+/// times unique, strictly increasing and in commit order, so `created_at > since` with a time Postbox
+/// handed out neither repeats nor skips a message, also for messages stored in the same millisecond.
+pub(crate) fn next_message_time(
+    previous: Option<chrono::DateTime<chrono::Utc>>,
+) -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    let now = chrono::Utc::now().trunc_subsecs(3);
+    match previous.map(|p| p.trunc_subsecs(3)) {
+        Some(p) if p >= now => p + chrono::Duration::milliseconds(1),
+        _ => now,
+    }
+}
+
 /// A database failure, classified so the HTTP layer can answer 409 or 503 instead of a blind 500.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -141,11 +141,7 @@ pub async fn store_message(
         .into_tuple()
         .one(&txn)
         .await?;
-    let now = now_ms();
-    let created_at = match previous {
-        Some(p) if p >= now => p + Duration::milliseconds(1),
-        _ => now,
-    };
+    let created_at = super::next_message_time(previous);
     let message = support_message::ActiveModel {
         id: Set(uuid::Uuid::now_v7().to_string()),
         chat_id: Set(chat_id),

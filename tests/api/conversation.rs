@@ -144,6 +144,72 @@ async fn a_conversation_through_the_long_poll() {
     assert_eq!(list[0]["unread_count"], 1);
 }
 
+/// Seed 003's catch-up: `since=<timestamp of the last message I have>` selects exactly the messages after
+/// it, also for messages stored in the same millisecond (a burst, sent concurrently so the group commit
+/// stores several in one transaction), and the last page does not repeat.
+#[tokio::test]
+async fn paging_forward_by_time_gives_every_message_once_and_stops() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let texts: Vec<String> = (0..40).map(|i| format!("burst {i}")).collect();
+    let sends = texts.iter().enumerate().map(|(i, text)| {
+        let (from, to) = if i % 2 == 0 {
+            (&alice, bob.id)
+        } else {
+            (&bob, alice.id)
+        };
+        app.send_ok(from, to, text)
+    });
+    let mut sent: Vec<i64> = futures_util::future::join_all(sends)
+        .await
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    sent.sort_unstable();
+    let base = format!("/api/v1/communication/chats/conversation/{}/", bob.id);
+
+    let mut seen: Vec<i64> = Vec::new();
+    let mut since = "2000-01-01T00:00:00Z".to_owned();
+    for round in 0.. {
+        assert!(round < 20, "catch-up by time does not end: {seen:?}");
+        let (status, page) = app
+            .get_json(
+                &alice,
+                &format!("{base}?limit=7&since={}", urlencode(&since)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let messages = page["messages"].as_array().unwrap();
+        if messages.is_empty() {
+            break;
+        }
+        seen.extend(messages.iter().map(|m| m["id"].as_i64().unwrap()));
+        since = messages.last().unwrap()["timestamp"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    assert_eq!(seen, sent, "each message once, in order");
+    let stamps: Vec<String> =
+        app.get_json(&alice, &format!("{base}?limit=200")).await.1["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["timestamp"].as_str().unwrap().to_owned())
+            .collect();
+    let unique: HashSet<_> = stamps.iter().collect();
+    assert_eq!(
+        unique.len(),
+        stamps.len(),
+        "a conversation's timestamps are unique"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
 #[tokio::test]
 async fn history_pages_250_messages_both_ways_without_gaps_or_duplicates() {
     let app = spawn_app().await;
