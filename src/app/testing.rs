@@ -147,8 +147,40 @@ impl Parts {
 
 impl Drop for Parts {
     fn drop(&mut self) {
-        // The postboxes expire by themselves (POSTBOX_QUEUE_EXPIRES); stop the consumers now.
+        // Stop the consumers now; the postboxes expire by themselves (POSTBOX_QUEUE_EXPIRES), the
+        // exchanges and the dead-letter queue are removed here.
         self.shutdown.cancel();
+        let (url, topology) = (self.config.amqp_url.clone(), self.broker.topology().clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let properties = lapin::ConnectionProperties::default();
+                let Ok(conn) = lapin::Connection::connect(&url, properties).await else {
+                    return;
+                };
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .queue_delete(topology.dead_letter_queue().into(), Default::default())
+                        .await;
+                    let control = format!("{}.control", topology.prefix);
+                    for exchange in [
+                        topology.exchange(),
+                        topology.dead_letter_exchange(),
+                        control,
+                    ] {
+                        let _ = ch
+                            .exchange_delete(exchange.into(), Default::default())
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "OK".into()).await;
+            });
+        })
+        .join()
+        .ok();
     }
 }
 

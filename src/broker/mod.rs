@@ -30,7 +30,8 @@ use crate::{
     telemetry::names,
 };
 pub use topology::{
-    Postbox, STAFF_ROUTING_KEY, Topology, college_routing_key, group_routing_keys, user_routing_key,
+    Postbox, STAFF_ROUTING_KEY, Topology, college_routing_key, devices_routing_key,
+    group_routing_keys, user_routing_key,
 };
 
 /// A broker failure, classified for the HTTP layer and for `check-rabbitmq`.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions, types::ShortString};
 
 use super::{
-    Broker, BrokerError, STAFF_ROUTING_KEY, college_routing_key, message, pool, user_routing_key,
+    Broker, BrokerError, STAFF_ROUTING_KEY, college_routing_key, devices_routing_key, message,
+    pool, user_routing_key,
 };
 use crate::{
     events::{Audience, Envelope},
@@ -34,6 +35,21 @@ impl Broker {
                 )
                 .await;
                 results.into_iter().collect()
+            }
+            Audience::Devices(id) => {
+                // Persistent like any user event; unroutable when the user has no registered client.
+                let props = message::properties(event, 2);
+                match self
+                    .publish_with(
+                        &devices_routing_key(*id),
+                        event.data.get().as_bytes(),
+                        props,
+                    )
+                    .await
+                {
+                    Ok(()) | Err(BrokerError::Unroutable(_)) => Ok(()),
+                    Err(e) => Err(e),
+                }
             }
             Audience::College(id) => self.publish_group(&college_routing_key(*id), event).await,
             Audience::Staff => self.publish_group(STAFF_ROUTING_KEY, event).await,

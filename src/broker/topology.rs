@@ -7,7 +7,11 @@
 //! - One durable **classic queue per user**, `<prefix>.user.<id>` (readable in the management UI), bound
 //!   to the exchange with `user.<id>`: the default postbox, for clients that do not register.
 //! - One more queue per **registered client** (tab, device), `<prefix>.client.<user id>.<client id>`,
-//!   bound with the same keys, so every client of a user receives every event.
+//!   bound with the same keys, so every client of a user receives every event, and also with
+//!   `devices.<user id>`: the copies of a user's own actions (the messages they sent, their read
+//!   receipts) for their other devices. Only registered clients get those: a seed-style client polling
+//!   the default postbox cannot tell its own events from others' and would show its own message as a
+//!   new one from someone else.
 //!
 //! Nothing here touches the network except [`declare_exchange`], [`Broker::declare_user_queue`](super::Broker::declare_user_queue) and
 //! [`passive_queue`], which take the channel to use from the caller.
@@ -166,6 +170,12 @@ pub fn user_routing_key(user_id: i64) -> String {
     format!("user.{user_id}")
 }
 
+/// Routing key of the copies of a user's own actions for their registered clients (not the default
+/// postbox).
+pub fn devices_routing_key(user_id: i64) -> String {
+    format!("devices.{user_id}")
+}
+
 /// Routing key of a college's broadcasts.
 pub fn college_routing_key(college_id: i64) -> String {
     format!("college.{college_id}")
@@ -272,6 +282,9 @@ pub async fn declare_postbox(
         .await
         .map_err(|e| BrokerError::classify(e, &queue))?;
     bind(channel, topology, &queue, &user_routing_key(user_id)).await?;
+    if postbox.client_id.is_some() {
+        bind(channel, topology, &queue, &devices_routing_key(user_id)).await?;
+    }
     for key in &postbox.groups {
         bind(channel, topology, &queue, key).await?;
     }

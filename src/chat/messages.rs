@@ -27,7 +27,9 @@ impl Chat {
     /// Sends a message from the caller to `receiver_id`, with an optional attachment still in memory:
     /// validates everything (text, attachment size and type, receiver, rate, quota, broker), then stores
     /// the attachment's file, then the message and its events in one transaction, then publishes the
-    /// events to the receiver's postbox and to the sender's own (so the sender's other devices see it too).
+    /// events to the receiver's postboxes and to the sender's registered clients (so the sender's other
+    /// devices see it too; not to the sender's default postbox, whose seed-style clients would show it as
+    /// a message from someone else).
     ///
     /// The answer is the stored message. A refused send writes nothing, and a send whose message cannot
     /// be stored removes its file again. (A file can still outlive its send when the request goes away
@@ -85,7 +87,10 @@ impl Chat {
                 attachment,
                 event_for: Box::new(move |msg| {
                     (
-                        vec![Audience::Users(vec![msg.receiver_id, msg.sender_id])],
+                        vec![
+                            Audience::Users(vec![msg.receiver_id]),
+                            Audience::Devices(msg.sender_id),
+                        ],
                         Envelope::of(&message_view(msg, &author)),
                     )
                 }),

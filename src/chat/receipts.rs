@@ -38,7 +38,7 @@ pub struct MarkReadResult {
 
 impl Chat {
     /// Marks messages the caller received read and sends a `read_receipt` event to the sender (and to the
-    /// caller's own postbox, so the caller's other devices clear their badges).
+    /// caller's registered clients, so the caller's other devices clear their badges).
     pub async fn mark_read(
         &self,
         caller: &user::Model,
@@ -63,7 +63,10 @@ impl Chat {
                     reader_name: me.display_name.clone(),
                     read_at: rfc3339(read_at),
                 });
-                (vec![Audience::Users(vec![other_id, me.id])], event)
+                (
+                    vec![Audience::Users(vec![other_id]), Audience::Devices(me.id)],
+                    event,
+                )
             })
             .await?;
         self.outbox.publish_committed(&pending).await;

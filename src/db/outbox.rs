@@ -3,7 +3,8 @@
 //! (`crate::delivery::outbox`).
 //!
 //! A row holds the event's envelope as JSON and its audience as text, this module's own format
-//! (`user.1 user.2` for users, `college.5`, `group.staff`), which older rows share.
+//! (`user.1 user.2` for users, `devices.1` for a user's registered clients, `college.5`, `group.staff`),
+//! which older rows share.
 
 use std::sync::Arc;
 
@@ -120,6 +121,7 @@ fn audience_text(audience: &Audience) -> String {
             .map(|id| format!("user.{id}"))
             .collect::<Vec<_>>()
             .join(" "),
+        Audience::Devices(id) => format!("devices.{id}"),
         Audience::College(id) => format!("college.{id}"),
         Audience::Staff => "group.staff".to_owned(),
     }
@@ -132,6 +134,9 @@ fn parse_audience(text: &str) -> Option<Audience> {
     }
     if let Some(id) = text.strip_prefix("college.") {
         return id.parse().ok().map(Audience::College);
+    }
+    if let Some(id) = text.strip_prefix("devices.") {
+        return id.parse().ok().map(Audience::Devices);
     }
     let users = text
         .split(' ')
@@ -151,6 +156,7 @@ mod tests {
             Audience::Users(vec![3, 1_000_000_000_000]),
             Audience::College(0),
             Audience::College(42),
+            Audience::Devices(7),
             Audience::Staff,
         ] {
             assert_eq!(parse_audience(&audience_text(&a)), Some(a.clone()), "{a:?}");
@@ -165,6 +171,8 @@ mod tests {
             "user.",
             "user.x",
             "college.",
+            "devices.",
+            "devices.1 user.2",
             "group.other",
             "user.1 college.2",
         ] {

@@ -73,6 +73,10 @@ impl Event {
 pub enum Audience {
     /// These users' postboxes (the default one and every registered client's).
     Users(Vec<i64>),
+    /// One user's registered clients only, not the default postbox: the copy of the user's own action
+    /// (a message they sent, their read receipt) for their other devices. Clients that do not register
+    /// (the seeds') know nothing of their own events and get none.
+    Devices(i64),
     /// Every member of a college: one publish, which RabbitMQ's bindings fan out.
     College(i64),
     /// Every staff member and admin (the support desk's agents): one publish, fanned out too.

@@ -469,11 +469,19 @@ impl Drop for TestApp {
                 {
                     if let Ok(ch) = conn.create_channel().await {
                         let _ = ch
-                            .exchange_delete(
-                                format!("{prefix}.events").into(),
-                                ExchangeDeleteOptions::default(),
+                            .queue_delete(
+                                format!("{prefix}.deadletters").into(),
+                                Default::default(),
                             )
                             .await;
+                        for exchange in ["events", "deadletter", "control"] {
+                            let _ = ch
+                                .exchange_delete(
+                                    format!("{prefix}.{exchange}").into(),
+                                    ExchangeDeleteOptions::default(),
+                                )
+                                .await;
+                        }
                     }
                     let _ = conn.close(200, "OK".into()).await;
                 }
