@@ -40,6 +40,8 @@ pub mod names {
     pub const EVENTS_PUBLISHED: &str = "postbox_events_published_total";
     /// Counter: publishes that failed, by `reason`.
     pub const PUBLISH_FAILURES: &str = "postbox_publish_failures_total";
+    /// Counter: outbox rows the relay parked after failing too often (`postbox outbox list`).
+    pub const OUTBOX_PARKED: &str = "postbox_outbox_parked_total";
     /// Gauge: long polls waiting or answering now.
     pub const POLLS_IN_FLIGHT: &str = "postbox_polls_in_flight";
     /// Counter: finished polls by `outcome`: `events`, `timeout`, `attaching` (no events: the postbox's

@@ -14,6 +14,7 @@ mod m20261124_000006_support;
 mod m20261124_000007_token_revocations;
 mod m20261124_000008_attachment_sizes;
 mod m20261202_000001_undelivered_index;
+mod m20261204_000001_outbox_retries;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000007_token_revocations::Migration),
             Box::new(m20261124_000008_attachment_sizes::Migration),
             Box::new(m20261202_000001_undelivered_index::Migration),
+            Box::new(m20261204_000001_outbox_retries::Migration),
         ]
     }
 }

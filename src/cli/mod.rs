@@ -1,11 +1,12 @@
 //! The `postbox` command line, one file per command: [`serve`], [`migrate`], [`create_user`],
-//! [`tokens`], [`service_tokens`], [`openapi`], [`check_rabbitmq`]. The load generator is its own
+//! [`tokens`], [`service_tokens`], [`outbox`], [`openapi`], [`check_rabbitmq`]. The load generator is its own
 //! binary, `postbox-loadtest` (`src/bin/postbox-loadtest/`).
 
 pub mod check_rabbitmq;
 pub mod create_user;
 pub mod migrate;
 pub mod openapi;
+pub mod outbox;
 pub mod serve;
 pub mod service_tokens;
 pub mod tokens;
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 use sea_orm::DatabaseConnection;
 
 use crate::{config::Config, db};
+use outbox::OutboxAction;
 use service_tokens::ServiceTokensAction;
 use tokens::TokensAction;
 
@@ -64,6 +66,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ServiceTokensAction,
     },
+    /// List the events the outbox relay parked after they kept failing, and give them back to it.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Print the OpenAPI document (or write it to a file), for review diffs and client generators.
     Openapi {
         /// Write to this file instead of standard output (the repository keeps `docs/openapi.json`).
@@ -76,8 +83,9 @@ pub enum Command {
     /// Exit codes: 0 healthy, 1 other error, 2 unreachable, 3 access refused (credentials or vhost),
     /// 4 queue arguments differ, 5 permissions insufficient for Postbox's names (read from the
     /// management API; 5 wins over 4), 6 TLS with RabbitMQ failed (certificate not trusted or not for
-    /// the host, not a TLS port, client certificate refused). Unusable TLS files are configuration
-    /// errors (1), like any invalid setting.
+    /// the host, not a TLS port, client certificate refused), 7 the outbox holds events the relay parked
+    /// (`postbox outbox list`). Unusable TLS files are configuration errors (1), like any invalid
+    /// setting.
     CheckRabbitmq {
         /// Print the report as JSON.
         #[arg(long)]
@@ -115,6 +123,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Tokens { action } => tokens::run(action).await,
         Command::ServiceTokens { action } => service_tokens::run(action).await,
+        Command::Outbox { action } => outbox::run(action).await,
         Command::Openapi { output } => openapi::run(output.as_deref()),
         Command::CheckRabbitmq {
             json,

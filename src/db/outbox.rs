@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 
 use super::{DbError, entities::outbox};
@@ -31,9 +31,29 @@ pub struct StaleRow {
     pub id: i64,
     /// `None` when the row's audience cannot be read.
     pub audience: Option<Audience>,
+    /// The audience as stored (to keep a row's order behind an earlier row of the same audience).
+    pub routing_key: String,
     /// The envelope's JSON.
     pub payload: String,
+    /// Failed attempts so far.
     pub attempts: i32,
+    /// Not to be tried before this time (a failed row's backoff); `None`: now.
+    pub next_attempt_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// A row the relay gave up on, as `postbox outbox list` and `check-rabbitmq` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParkedRow {
+    pub id: i64,
+    /// The audience as stored (`user.1 user.2`, `devices.3`, `college.5`, `group.staff`).
+    pub audience: String,
+    /// The event's id and type, read from the stored envelope when it can be.
+    pub event_id: Option<String>,
+    pub event: Option<String>,
+    pub attempts: i32,
+    pub created_at: String,
+    pub parked_at: Option<String>,
+    pub last_error: Option<String>,
 }
 
 /// Adds `event` to the outbox inside the caller's transaction, one row per audience (all the users of
@@ -52,6 +72,9 @@ pub async fn insert<C: ConnectionTrait>(
             payload: Set(payload.clone()),
             created_at: Set(Utc::now()),
             attempts: Set(0),
+            next_attempt_at: Set(None),
+            parked_at: Set(None),
+            last_error: Set(None),
             ..Default::default()
         }
         .insert(db)
@@ -77,7 +100,9 @@ pub async fn delete(db: &DatabaseConnection, ids: &[i64]) -> Result<(), DbError>
     Ok(())
 }
 
-/// Outbox rows older than `min_age` (their inline publish failed or the process died before it).
+/// Outbox rows older than `min_age` (their inline publish failed or the process died before it), not
+/// parked, oldest first; rows still in their backoff are included (they hold back the later rows of
+/// their audience).
 pub async fn stale(
     db: &DatabaseConnection,
     min_age: chrono::Duration,
@@ -85,6 +110,7 @@ pub async fn stale(
 ) -> Result<Vec<StaleRow>, DbError> {
     let rows = outbox::Entity::find()
         .filter(outbox::Column::CreatedAt.lt(Utc::now() - min_age))
+        .filter(outbox::Column::ParkedAt.is_null())
         .order_by_asc(outbox::Column::Id)
         .limit(limit)
         .all(db)
@@ -94,23 +120,102 @@ pub async fn stale(
         .map(|r| StaleRow {
             id: r.id,
             audience: parse_audience(&r.routing_key),
+            routing_key: r.routing_key,
             payload: r.payload,
             attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
         })
         .collect())
 }
 
-/// Counts a failed retry of an outbox row.
-pub async fn bump_attempts(db: &DatabaseConnection, id: i64) -> Result<(), DbError> {
+/// Records a failed attempt of a row: its count, why, and when to try again; or, with `park`, that the
+/// relay gives up on it.
+pub async fn failed(
+    db: &DatabaseConnection,
+    id: i64,
+    error: &str,
+    next_attempt_at: chrono::DateTime<Utc>,
+    park: bool,
+) -> Result<(), DbError> {
     outbox::Entity::update_many()
         .col_expr(
             outbox::Column::Attempts,
             Expr::col(outbox::Column::Attempts).add(1),
         )
+        .col_expr(outbox::Column::LastError, Expr::value(error.to_owned()))
+        .col_expr(outbox::Column::NextAttemptAt, Expr::value(next_attempt_at))
+        .col_expr(outbox::Column::ParkedAt, Expr::value(park.then(Utc::now)))
         .filter(outbox::Column::Id.eq(id))
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// Narrows a row to the part of its audience that did not confirm (the rest has the event).
+pub async fn narrow(db: &DatabaseConnection, id: i64, audience: &Audience) -> Result<(), DbError> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::RoutingKey,
+            Expr::value(audience_text(audience)),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Parked rows, oldest first, at most `limit`.
+pub async fn parked(db: &DatabaseConnection, limit: u64) -> Result<Vec<ParkedRow>, DbError> {
+    let rows = outbox::Entity::find()
+        .filter(outbox::Column::ParkedAt.is_not_null())
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let envelope = Envelope::from_json(r.payload.as_bytes()).ok();
+            ParkedRow {
+                id: r.id,
+                audience: r.routing_key,
+                event_id: envelope.as_ref().map(|e| e.id.clone()),
+                event: envelope.map(|e| e.kind),
+                attempts: r.attempts,
+                created_at: crate::events::rfc3339(r.created_at),
+                parked_at: r.parked_at.map(crate::events::rfc3339),
+                last_error: r.last_error,
+            }
+        })
+        .collect())
+}
+
+/// How many rows are parked.
+pub async fn parked_count(db: &DatabaseConnection) -> Result<u64, DbError> {
+    Ok(outbox::Entity::find()
+        .filter(outbox::Column::ParkedAt.is_not_null())
+        .count(db)
+        .await?)
+}
+
+/// Gives parked rows (all, or those with these ids) back to the relay, as new: due now, attempts
+/// counted from zero. Returns how many.
+pub async fn unpark(db: &DatabaseConnection, ids: Option<&[i64]>) -> Result<u64, DbError> {
+    let mut update = outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::ParkedAt,
+            Expr::value(None::<chrono::DateTime<Utc>>),
+        )
+        .col_expr(
+            outbox::Column::NextAttemptAt,
+            Expr::value(None::<chrono::DateTime<Utc>>),
+        )
+        .col_expr(outbox::Column::Attempts, Expr::value(0))
+        .filter(outbox::Column::ParkedAt.is_not_null());
+    if let Some(ids) = ids {
+        update = update.filter(outbox::Column::Id.is_in(ids.iter().copied()));
+    }
+    Ok(update.exec(db).await?.rows_affected)
 }
 
 /// An audience as a row stores it.

@@ -737,3 +737,59 @@ async fn sigterm_answers_waiting_polls_exits_cleanly_and_logs_no_secrets() {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
 }
+
+/// A parked outbox row: `check-rabbitmq` reports it (exit code 7, with its error), `outbox list` shows
+/// it, `outbox retry` gives it back and the relay delivers it.
+#[tokio::test]
+async fn parked_events_are_reported_listed_and_retried() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let event = postbox::events::Envelope::custom("test", &json!({"n": 1}));
+    let event_id = event.id.clone();
+    let pending = postbox::db::outbox::insert(
+        &app.db,
+        vec![postbox::events::Audience::Users(vec![alice.id])],
+        event,
+    )
+    .await
+    .unwrap();
+    let row = pending[0].outbox_id;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    postbox::db::outbox::failed(&app.db, row, "refused for the test", later, true)
+        .await
+        .unwrap();
+
+    let (code, report) = check_until(&app.config, &[], |_| true).await;
+    assert_eq!(code, Some(7), "{report:#}");
+    assert_eq!(report["parked_events"]["count"], 1);
+    assert_eq!(
+        report["parked_events"]["oldest_error"],
+        "refused for the test"
+    );
+
+    let out = postbox(&app.config)
+        .args(["outbox", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["id"], row, "{listed}");
+    assert_eq!(listed[0]["event_id"], event_id.as_str());
+    assert_eq!(listed[0]["audience"], format!("user.{}", alice.id));
+
+    let out = postbox(&app.config)
+        .args(["outbox", "retry"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let retried: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(retried["retried"], 1);
+    let events = app.collect_events(&alice, 1, 20).await;
+    assert!(
+        events.iter().any(|e| e["id"] == event_id.as_str()),
+        "the relay delivered it: {events:?}"
+    );
+    let (code, report) = check_until(&app.config, &[], |_| true).await;
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["parked_events"]["count"], 0);
+}

@@ -280,6 +280,36 @@ async fn changing_a_users_college_moves_their_postbox_binding() {
     assert_eq!(me["role"], "member");
 }
 
+/// A stored host notification to many users is one outbox row whose audience lists them all: it must
+/// fit (on PostgreSQL the column was 255 characters: 60 users failed with a database error).
+#[tokio::test]
+async fn a_host_notification_to_many_users_is_stored_and_reaches_them_all() {
+    let app = spawn_app().await;
+    let mut users = Vec::new();
+    for i in 0..60 {
+        users.push(app.member(&format!("many{i}")).await);
+    }
+    let (_, key) = app.service_token("erp").await;
+    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    let resp = publish(
+        &app,
+        &key,
+        json!({"event": "notification", "data": {"title": "Closed", "message": "snow day"},
+               "users": ids}),
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    for u in [&users[0], &users[59]] {
+        let got = of_kind(&app.poll_events(u).await, "notification").len();
+        assert_eq!(got, 1);
+    }
+}
+
 #[tokio::test]
 async fn hosts_publish_to_users_and_colleges_with_service_tokens() {
     let app = spawn_app().await;

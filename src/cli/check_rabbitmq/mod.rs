@@ -90,7 +90,17 @@ pub struct Report {
     pub mismatched_queues: Vec<String>,
     /// What differs, per mismatched postbox.
     pub mismatches: Vec<Mismatch>,
+    /// Events the outbox relay gave up on (from the database; `None` when it could not be read).
+    pub parked_events: Option<ParkedEvents>,
     pub notes: Vec<String>,
+}
+
+/// The outbox rows the relay parked after they kept failing.
+#[derive(Debug, Serialize)]
+pub struct ParkedEvents {
+    pub count: u64,
+    /// Why the oldest one last failed.
+    pub oldest_error: Option<String>,
 }
 
 /// The TLS side of the AMQP connection.
@@ -179,12 +189,14 @@ pub struct Mismatch {
 
 impl Report {
     /// `0` healthy, `4` some postbox has other arguments, `5` the permissions do not cover Postbox's
-    /// names (5 wins when both).
+    /// names, `7` the outbox holds parked events (the first that applies, in this order: 5, 4, 7).
     pub fn exit_code(&self) -> i32 {
         if self.permission_problem().is_some() {
             5
         } else if self.mismatch_problem().is_some() {
             4
+        } else if self.parked_problem().is_some() {
+            7
         } else {
             0
         }
@@ -195,7 +207,18 @@ impl Report {
         self.permission_problem()
             .into_iter()
             .chain(self.mismatch_problem())
+            .chain(self.parked_problem())
             .collect()
+    }
+
+    fn parked_problem(&self) -> Option<String> {
+        let parked = self.parked_events.as_ref().filter(|p| p.count > 0)?;
+        Some(format!(
+            "{} event(s) parked in the outbox: the relay gave up on them (the oldest last failed with: {}); \
+             fix the cause, then run `postbox outbox retry` (`postbox outbox list` shows them)",
+            parked.count,
+            parked.oldest_error.as_deref().unwrap_or("unknown")
+        ))
     }
 
     fn permission_problem(&self) -> Option<String> {
@@ -255,6 +278,24 @@ fn failure(e: BrokerError) -> CheckFailure {
     }
 }
 
+/// The outbox's parked rows, `None` when they cannot be read.
+async fn parked_events(conn: &sea_orm::DatabaseConnection) -> Option<ParkedEvents> {
+    let count = crate::db::outbox::parked_count(conn).await.ok()?;
+    let oldest_error = match count {
+        0 => None,
+        _ => crate::db::outbox::parked(conn, 1)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+            .and_then(|r| r.last_error),
+    };
+    Some(ParkedEvents {
+        count,
+        oldest_error,
+    })
+}
+
 /// `postbox check-rabbitmq`: runs the check, prints the report (or the failure) and gives the exit code.
 pub async fn command(
     json: bool,
@@ -264,13 +305,18 @@ pub async fn command(
     config.validate()?;
     // Unusable TLS files are a configuration error (exit code 1), like any invalid setting.
     TlsSettings::from_config(config)?;
-    // Only needed when the management API cannot list the postboxes.
-    let users = match crate::db::connect(&config.database_url, config.backend_timeout()).await {
-        Ok(conn) => crate::db::users::all_ids(&conn).await.ok(),
-        Err(_) => None,
-    };
+    // The users are only needed when the management API cannot list the postboxes.
+    let (users, parked) =
+        match crate::db::connect(&config.database_url, config.backend_timeout()).await {
+            Ok(conn) => (
+                crate::db::users::all_ids(&conn).await.ok(),
+                parked_events(&conn).await,
+            ),
+            Err(_) => (None, None),
+        };
     match run(config, management_url, users).await {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.parked_events = parked;
             print_report(&report, json)?;
             for problem in report.problems() {
                 eprintln!("error: {problem}");
@@ -353,6 +399,7 @@ pub async fn run(
             fullest: None,
             mismatched_queues: Vec::new(),
             mismatches: Vec::new(),
+            parked_events: None,
             notes: before.notes,
         };
         if transport.is_tls() && api.is_plain_http() {

@@ -134,6 +134,15 @@ pub fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
             q.differences.join("; ")
         );
     }
+    match &report.parked_events {
+        None => println!("outbox          unknown (the database could not be read)"),
+        Some(p) if p.count == 0 => println!("outbox          no parked events"),
+        Some(p) => println!(
+            "outbox          {} parked event(s) (`postbox outbox list`); oldest last failed with: {}",
+            p.count,
+            p.oldest_error.as_deref().unwrap_or("unknown")
+        ),
+    }
     for n in &report.notes {
         println!("note            {n}");
     }
