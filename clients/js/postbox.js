@@ -42,7 +42,9 @@ const CLIENT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const KNOWN_TYPES = ['message', 'typing', 'read_receipt', 'notification', 'presence', 'delivered', 'resync'];
 
 /** SSE bookkeeping records that are not events for your handlers. */
-const SSE_CONTROL_TYPES = new Set(['connected', 'heartbeat']);
+// `reconnect`: the server ends the stream so that the browser reconnects with Last-Event-ID, which
+// confirms what the stream delivered (events stay in flight until then).
+const SSE_CONTROL_TYPES = new Set(['connected', 'heartbeat', 'reconnect']);
 
 /** Types the client itself emits (not server events). */
 const CLIENT_TYPES = new Set(['error', 'unauthorized', '*']);
@@ -788,6 +790,9 @@ export class PostboxClient {
         es.close();
         this._eventSource = null;
         this._reconnectEventSource(generation, url).catch((err) => this._report(new PostboxError('internal_error', String(err), { cause: err })));
+      } else if (this._sseReconnecting) {
+        // The server ended the stream on purpose; the browser resumes it with Last-Event-ID.
+        this._sseReconnecting = false;
       } else {
         this._report(new PostboxError('network_error', 'Postbox event stream interrupted; the browser reconnects'));
       }
@@ -804,6 +809,7 @@ export class PostboxClient {
   _sseRecord(ev) {
     if (SSE_CONTROL_TYPES.has(ev.type)) {
       this._attempt = 0;
+      this._sseReconnecting = ev.type === 'reconnect';
       return;
     }
     let data = null;

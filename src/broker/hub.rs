@@ -53,6 +53,28 @@ const STUCK_ATTACH: Duration = Duration::from_secs(30);
 /// Consumers hosted by one AMQP channel before another channel is opened.
 pub const CONSUMERS_PER_CHANNEL: usize = 256;
 
+/// A cursor client's claim on its postbox: one per poll or stream ([`Hub::reader`]). The newest reader
+/// of a postbox owns it; older ones are superseded.
+#[derive(Debug)]
+pub struct Reader(u64);
+
+/// How the events of a wait are acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub enum Acks<'a> {
+    /// Seed clients: acknowledged once handed over.
+    OnHandOver,
+    /// A cursor client: parked in flight when handed over, acknowledged when a later cursor names
+    /// them. `settle` is given on the first wait of a poll or stream: the reader then claims the
+    /// postbox (superseding older readers), and the client's `last_event_id` acknowledges the events
+    /// in flight up to and including it and hands the others out again; `Some(None)` acknowledges
+    /// nothing. A stream's later waits pass `None`: what it wrote stays in flight until the client
+    /// reconnects with `Last-Event-ID`.
+    Cursor {
+        reader: &'a Reader,
+        settle: Option<Option<&'a str>>,
+    },
+}
+
 /// The per-process registry of postbox consumers. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -74,6 +96,8 @@ struct HubInner {
     broker: std::sync::OnceLock<std::sync::Weak<super::Inner>>,
     shutdown: CancellationToken,
     next_tag: AtomicU64,
+    /// The next [`Reader`]'s id.
+    next_reader: AtomicU64,
     /// Queues with a gap recorded by this process since their last poll (see `crate::delivery::gaps`).
     gap_flags: Mutex<std::collections::HashSet<String>>,
 }
@@ -116,6 +140,10 @@ struct SlotState {
     buffer: VecDeque<Delivery>,
     /// Handed to a cursor client and not yet acknowledged by its `last_event_id`, oldest first.
     in_flight: VecDeque<Delivery>,
+    /// The cursor reader that owns the postbox now (0: none yet): the newest poll or stream of the
+    /// client. An older reader still waiting (a dead connection's poll, a stream the client left) is
+    /// superseded: it takes nothing more, and what it hands over later goes back to the buffer.
+    owner: u64,
     /// Polls waiting on this slot plus leases not yet settled: the slot is not reaped while non-zero.
     users: usize,
     last_used: Option<Instant>,
@@ -148,6 +176,7 @@ impl Hub {
                 broker: std::sync::OnceLock::new(),
                 shutdown,
                 next_tag: AtomicU64::new(1),
+                next_reader: AtomicU64::new(1),
                 gap_flags: Mutex::new(Default::default()),
             }),
         }
@@ -177,6 +206,17 @@ impl Hub {
             .get()
             .and_then(std::sync::Weak::upgrade)
             .map(|inner| Broker { inner })
+    }
+
+    /// A new reader for a cursor client's poll or stream.
+    pub fn reader(&self) -> Reader {
+        Reader(self.inner.next_reader.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Events a cursor client may hold in flight before it should confirm them (half the prefetch:
+    /// beyond the prefetch RabbitMQ sends the postbox nothing more).
+    pub fn in_flight_limit(&self) -> usize {
+        usize::from(self.inner.prefetch / 2).max(1)
     }
 
     /// Whether the service is shutting down (streams end, waits return at once).
@@ -211,18 +251,22 @@ impl Hub {
     /// `max` events). An empty lease means the deadline passed. The postbox's queue is declared when its
     /// consumer is first attached.
     ///
-    /// `cursor` selects the acknowledgement mode. `None` (seed clients): the lease is acknowledged once
-    /// handed over. `Some(last_event_id)` (cursor clients): the lease is parked as in flight when handed
-    /// over; this call first acknowledges the in-flight events up to and including `last_event_id` and
-    /// hands the others out again (same ids), first. `Some(None)` acknowledges nothing: the client has
-    /// seen no event, so everything in flight comes again.
+    /// `acks` selects the acknowledgement mode ([`Acks`]). A superseded cursor reader gets an empty
+    /// lease marked [`Lease::superseded`] at once.
     pub async fn wait(
         &self,
         postbox: &Postbox,
         deadline: tokio::time::Instant,
         max: usize,
-        cursor: Option<Option<&str>>,
+        acks: Acks<'_>,
     ) -> Result<Lease, BrokerError> {
+        let cursor = matches!(acks, Acks::Cursor { .. });
+        // A registered client's postbox has one reader at a time; the shared default postbox may be
+        // read by several devices at once, which split its events (no owner).
+        let reader = match acks {
+            Acks::Cursor { reader, .. } if postbox.client_id.is_some() => Some(reader.0),
+            _ => None,
+        };
         let broker = self
             .broker()
             .ok_or_else(|| BrokerError::Unavailable("broker is shutting down".into()))?;
@@ -238,8 +282,18 @@ impl Hub {
                 return Ok(lease);
             };
             let _user = SlotUser::new(&slot);
-            if let Some(last) = cursor {
-                settle_cursor(&slot, last);
+            if let Acks::Cursor { settle, .. } = acks {
+                match reader {
+                    Some(reader) if !claim(&slot, reader, settle) => {
+                        return Ok(Lease::superseded());
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(last) = settle {
+                            settle_cursor(&slot, last);
+                        }
+                    }
+                }
             }
             loop {
                 let notified = slot.notify.notified();
@@ -265,6 +319,9 @@ impl Hub {
                 }
                 if wake_at == deadline {
                     let mut st = slot.state.lock().expect("slot lock");
+                    if reader.is_some_and(|r| st.owner != r) {
+                        return Ok(Lease::superseded());
+                    }
                     let (deliveries, expired) = take_live(&mut st.buffer, max.max(1));
                     if !expired.is_empty() {
                         ack_all(expired);
@@ -274,8 +331,10 @@ impl Hub {
                         return Ok(Lease {
                             slot: Some(slot.clone()),
                             deliveries,
-                            cursor: cursor.is_some(),
+                            cursor,
+                            reader,
                             attaching: false,
+                            superseded: false,
                         });
                     }
                 }
@@ -670,8 +729,38 @@ fn take_unacked(st: &mut SlotState) -> VecDeque<Delivery> {
     all
 }
 
+/// A cursor reader's claim on a slot, at each of its waits. With `settle` (the first wait of a poll or
+/// stream) the reader takes the slot over, waking the older readers so they see they are superseded,
+/// and applies the client's cursor. Later waits keep the slot if nobody newer took it. Returns whether
+/// the reader owns the slot.
+fn claim(slot: &Slot, reader: u64, settle: Option<Option<&str>>) -> bool {
+    match settle {
+        Some(last) => {
+            let previous = {
+                let mut st = slot.state.lock().expect("slot lock");
+                std::mem::replace(&mut st.owner, reader)
+            };
+            if previous != 0 && previous != reader {
+                slot.notify.notify_waiters();
+            }
+            settle_cursor(slot, last);
+            true
+        }
+        None => {
+            let mut st = slot.state.lock().expect("slot lock");
+            if st.owner == 0 {
+                // A slot attached again (its consumer closed) starts unowned.
+                st.owner = reader;
+            }
+            st.owner == reader
+        }
+    }
+}
+
 /// Applies a cursor client's `last_event_id` to what the slot holds in flight: acknowledges the events
 /// up to and including it, and puts the rest back at the front of the buffer to be handed out again.
+/// Only events the client's own answers carried are in flight (a superseded reader's go back to the
+/// buffer), so the cursor acknowledges exactly what the client can have seen.
 fn settle_cursor(slot: &Slot, last: Option<&str>) {
     let mut st = slot.state.lock().expect("slot lock");
     if st.in_flight.is_empty() {
@@ -763,8 +852,12 @@ pub struct Lease {
     deliveries: Vec<Delivery>,
     /// Handed to a cursor client: parked in flight when sent, not acknowledged.
     cursor: bool,
+    /// The reader owning the postbox it was taken for (registered clients' postboxes only).
+    reader: Option<u64>,
     /// Empty because the postbox's consumer was still attaching at the poll's deadline.
     attaching: bool,
+    /// Empty because a newer poll or stream of the same client took the postbox over.
+    superseded: bool,
 }
 
 impl Lease {
@@ -773,8 +866,22 @@ impl Lease {
             slot: None,
             deliveries: Vec::new(),
             cursor: false,
+            reader: None,
             attaching: false,
+            superseded: false,
         }
+    }
+
+    fn superseded() -> Self {
+        let mut lease = Lease::empty();
+        lease.superseded = true;
+        lease
+    }
+
+    /// Empty because a newer poll or stream of the same client owns the postbox now: this one is
+    /// over (a stream ends).
+    pub fn is_superseded(&self) -> bool {
+        self.superseded
     }
 
     /// Empty because the postbox's consumer was still attaching at the poll's deadline (RabbitMQ busy).
@@ -797,22 +904,35 @@ impl Lease {
     }
 
     /// The response carrying the events was handed over: a seed client's events are acknowledged now,
-    /// a cursor client's are parked in flight until its next poll confirms them.
-    pub async fn handed_over(mut self) {
+    /// a cursor client's are parked in flight until a later cursor confirms them; but when a newer
+    /// reader took the postbox over meanwhile, this answer is presumed unseen and its events go back to
+    /// the buffer. Returns how many events the postbox holds in flight now (see
+    /// [`Hub::in_flight_limit`]).
+    pub async fn handed_over(mut self) -> usize {
         if !self.cursor {
-            return self.ack().await;
+            self.ack().await;
+            return 0;
         }
         let deliveries = std::mem::take(&mut self.deliveries);
+        let mut in_flight = 0;
         if let Some(slot) = &self.slot {
             let mut st = slot.state.lock().expect("slot lock");
             if st.closed {
                 drop(st);
                 requeue(deliveries);
+            } else if self.reader.is_some_and(|r| st.owner != r) {
+                for d in deliveries.into_iter().rev() {
+                    st.buffer.push_front(d);
+                }
+                drop(st);
+                slot.notify.notify_waiters();
             } else {
                 st.in_flight.extend(deliveries);
+                in_flight = st.in_flight.len();
             }
         }
         self.settle();
+        in_flight
     }
 
     /// Acknowledges the events: they leave the postbox for good.

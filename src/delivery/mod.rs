@@ -28,7 +28,11 @@ use self::{
 };
 use crate::{
     accounts::tokens::Caller,
-    broker::{Broker, BrokerError, Postbox, hub::Lease, message::Received},
+    broker::{
+        Broker, BrokerError, Postbox,
+        hub::{Acks, Lease, Reader},
+        message::Received,
+    },
     config::Config,
     db::{self, DbError, entities::gap},
     events::{Envelope, unix_now},
@@ -153,12 +157,15 @@ impl Delivery {
         // Boxed: the database work of opening is large and done before the wait; inline, its future
         // would stay part of the caller's state for the whole hold.
         let (postbox, gap) = Box::pin(self.open_postbox(&caller.user, client_id)).await?;
+        let reader = matches!(ack, Ack::Cursor(_)).then(|| self.broker.hub().reader());
         Ok(Session {
             delivery: self.clone(),
             user_id: caller.user.id,
             postbox,
             gap,
             ack,
+            reader,
+            settled: false,
             waiting: self.waiting.register(&caller.key_hash, caller.expires_at),
             _slot: slot,
         })
@@ -240,6 +247,10 @@ pub struct Session {
     /// A gap to announce with the next batch (then cleared once handed over).
     gap: Option<gap::Model>,
     ack: Ack,
+    /// A cursor client's claim on its postbox (see [`crate::broker::hub::Acks`]).
+    reader: Option<Reader>,
+    /// The cursor was applied (by the first wait).
+    settled: bool,
     waiting: WaitingGuard,
     _slot: PollSlot,
 }
@@ -276,25 +287,27 @@ impl Session {
         } else {
             deadline
         };
-        let cursor = match &self.ack {
-            Ack::OnHandOver => None,
-            Ack::Cursor(last) => Some(last.as_deref().filter(|l| !l.is_empty())),
+        // The client's cursor is applied once, by the first wait of the poll or stream: what a stream
+        // writes later stays in flight until the client reconnects with `Last-Event-ID`.
+        let acks = match (&self.ack, &self.reader) {
+            (Ack::Cursor(last), Some(reader)) => Acks::Cursor {
+                reader,
+                settle: (!self.settled).then(|| last.as_deref().filter(|l| !l.is_empty())),
+            },
+            _ => Acks::OnHandOver,
         };
         let wait = d
             .broker
             .hub()
-            .wait(&self.postbox, deadline, d.limits.batch, cursor);
+            .wait(&self.postbox, deadline, d.limits.batch, acks);
         let lease = tokio::select! {
             biased;
             ended = self.waiting.ended() => return Err(DeliveryError::Ended(ended)),
             lease = wait => lease?,
         };
+        self.settled = true;
         let resync = gap.as_ref().map(gaps::resync_event);
         let messages = handed_over(self.user_id, lease.events());
-        // A stream's next wait confirms what this batch carried (it reached the client by then).
-        if let (Ack::Cursor(last), Some(id)) = (&mut self.ack, lease.last_event_id()) {
-            *last = Some(id);
-        }
         Ok(Batch {
             delivery: d.clone(),
             user_id: self.user_id,
@@ -320,6 +333,12 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A newer poll or stream of the same client took its postbox over: this one is over (the batch
+    /// is empty; a stream ends).
+    pub fn superseded(&self) -> bool {
+        self.lease.is_superseded()
+    }
+
     /// No event (the deadline passed).
     pub fn is_empty(&self) -> bool {
         self.lease.is_empty() && self.resync.is_none()
@@ -339,16 +358,21 @@ impl Batch {
     }
 
     /// The batch reached the connection: a seed client's events are acknowledged, a cursor client's
-    /// parked in flight; an announced gap is cleared; chat messages are marked delivered.
-    pub async fn handed_over(self) {
+    /// parked in flight; an announced gap is cleared; chat messages are marked delivered. Returns
+    /// whether the client should now confirm what it holds (a stream ends so that the client
+    /// reconnects with `Last-Event-ID`): its postbox holds [`Hub::in_flight_limit`] events in flight.
+    ///
+    /// [`Hub::in_flight_limit`]: crate::broker::hub::Hub::in_flight_limit
+    pub async fn handed_over(self) -> bool {
         let d = self.delivery;
-        self.lease.handed_over().await;
+        let in_flight = self.lease.handed_over().await;
         if let Some(gap) = self.gap
             && let Err(e) = db::gaps::clear(&d.db, &gap).await
         {
             tracing::warn!(error = %e, "could not clear an announced gap; it will be announced again");
         }
         d.deliveries.record(self.user_id, self.messages);
+        in_flight >= d.broker.hub().in_flight_limit()
     }
 }
 

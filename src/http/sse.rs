@@ -3,11 +3,13 @@
 //!
 //! The stream starts with a `connected` record, then sends each event as `id:` + `event:` + `data:` (the
 //! event's `data` as JSON), and a `heartbeat` record when nothing happened for the heartbeat interval.
-//! Delivery follows the cursor rule of the long poll: a batch written to the stream is parked in flight
-//! and confirmed when the stream moves on; a reconnect with `Last-Event-ID` (or `?last_event_id=`)
-//! confirms up to that id and sends the rest again with the same ids. A stream cut while a batch is being
-//! written leaves that batch in the postbox. Streams end after `POSTBOX_SSE_MAX_DURATION`; browsers
-//! reconnect by themselves, with `Last-Event-ID`.
+//! Delivery follows the cursor rule of the long poll: what the stream writes is parked in flight, not
+//! acknowledged (a write reaching the connection says nothing of the client reading it), until the
+//! client reconnects with `Last-Event-ID` (or `?last_event_id=`): that confirms up to that id, and the
+//! rest is sent again with the same ids. So the stream ends by itself once half the postbox's window is
+//! in flight, with a last `reconnect` record (the browser then reconnects with `Last-Event-ID`, after
+//! the `retry:` the stream announced first), and after `POSTBOX_SSE_MAX_DURATION`. A newer stream or poll of the same registered client
+//! takes its postbox over: the older stream ends.
 
 use std::time::Duration;
 
@@ -61,7 +63,9 @@ literal_schema!(
     serde_json::json!({
         "type": "object",
         "description": "One Server-Sent Events record: `event` is the type (`connected`, `heartbeat`, `message`, \
-    `typing`, ...), `data` the JSON of the event's data, `id` the event id (absent on `connected` and `heartbeat`)",
+    `typing`, ...), `data` the JSON of the event's data, `id` the event id (absent on `connected`, `heartbeat` \
+    and `reconnect`). `reconnect` is the last record of a stream that ends so that the client reconnects with \
+    `Last-Event-ID`, which confirms what it received (events stay in flight until then)",
         "required": ["event", "data"],
         "properties": {
             "event": {"type": "string"},
@@ -70,6 +74,10 @@ literal_schema!(
         }
     })
 );
+
+/// The reconnection delay the stream asks browsers for (`retry:`, milliseconds): a stream that ended to
+/// have its events confirmed is resumed at once.
+const RECONNECT_MS: u32 = 500;
 
 /// One SSE record.
 fn record(id: Option<&str>, event: &str, data: &str) -> Bytes {
@@ -86,6 +94,13 @@ fn record(id: Option<&str>, event: &str, data: &str) -> Bytes {
     out.push_str("data: ");
     out.push_str(data);
     out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+/// The first record: the reconnection delay, then `connected`.
+fn connected_record(retry_ms: u32, data: &str) -> Bytes {
+    let mut out = format!("retry: {retry_ms}\n").into_bytes();
+    out.extend_from_slice(&record(None, "connected", data));
     Bytes::from(out)
 }
 
@@ -146,9 +161,8 @@ async fn events(
         .delivery
         .open(&caller, params.client_id.as_deref(), Ack::Cursor(cursor))
         .await?;
-    let connected = record(
-        None,
-        "connected",
+    let connected = connected_record(
+        RECONNECT_MS,
         &serde_json::to_string(&Connected {
             user_id: caller.user.id,
             client_id: params.client_id,
@@ -163,6 +177,7 @@ async fn events(
         session,
         written: None,
         first: Some(connected),
+        ending: false,
     };
     let body = Body::from_stream(stream::unfold(stream_state, next_record));
     let mut resp = body.into_response();
@@ -200,6 +215,8 @@ struct Stream {
     first: Option<Bytes>,
     heartbeat: Duration,
     ends_at: tokio::time::Instant,
+    /// The `reconnect` record was sent: the stream ends.
+    ending: bool,
 }
 
 /// Produces the stream's next record; `None` ends it.
@@ -207,9 +224,18 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
     if let Some(first) = s.first.take() {
         return Some((Ok(first), s));
     }
-    // hyper asked for more: what was written before reached the connection.
-    if let Some(batch) = s.written.take() {
-        batch.handed_over().await;
+    if s.ending {
+        return None;
+    }
+    // hyper asked for more: what was written before reached the connection. When the postbox holds
+    // enough in flight, the stream says so and ends: the client's reconnect with `Last-Event-ID`
+    // confirms it.
+    if let Some(batch) = s.written.take()
+        && batch.handed_over().await
+    {
+        s.ending = true;
+        let bye = record(None, "reconnect", r#"{"reason":"confirm"}"#);
+        return Some((Ok(bye), s));
     }
     let now = tokio::time::Instant::now();
     if now >= s.ends_at || s.session.closing() || s.session.ended().is_some() {
@@ -217,6 +243,8 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
     }
     let deadline = (now + s.heartbeat).min(s.ends_at);
     match s.session.next(deadline).await {
+        // A newer stream or poll of this client took the postbox over.
+        Ok(batch) if batch.superseded() => None,
         Ok(batch) if batch.is_empty() => {
             let beat = record(
                 None,

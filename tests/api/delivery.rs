@@ -294,3 +294,80 @@ async fn sends_beyond_the_rate_limit_are_refused_with_retry_after() {
     let events = app.collect_events(&bob, 3, 2).await;
     assert_eq!(events.len(), 3);
 }
+
+/// Two polls of one registered client overlap (the first one's connection is dead, its answer never
+/// read): the newer poll takes the postbox over, the older one answers at once with nothing, so no
+/// event is handed to the dead connection and then acknowledged by the newer cursor.
+#[tokio::test]
+async fn a_newer_poll_of_a_client_supersedes_a_stale_one_and_no_event_is_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app_with(|c| c.poll_timeout_secs = 5.0).await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    // The client registers (its first poll, with nothing waiting).
+    assert!(app.poll_client(&bob, "tab").await.is_empty());
+    // The stale poll: a raw connection whose answer nobody reads.
+    let addr = app.addr.trim_start_matches("http://").to_owned();
+    let mut stale = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stale
+        .write_all(
+            format!(
+                "GET /api/v1/communication/poll/events/?client_id=tab&timeout=5 HTTP/1.1\r\n\
+                 Host: x\r\nAuthorization: Token {}\r\n\r\n",
+                bob.token
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The client's new poll: the stale one is answered (empty) at once.
+    let url = app.url("/api/v1/communication/poll/events/?client_id=tab&timeout=5");
+    let newer = app
+        .client
+        .get(&url)
+        .header("Authorization", format!("Token {}", bob.token))
+        .send();
+    let newer = tokio::spawn(newer);
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), stale.read(&mut answer))
+        .await
+        .expect("the superseded poll answers at once")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""events":[]"#), "{text}");
+
+    // Events now go to the newer poll; the client's cursor then confirms only what it saw.
+    app.send_ok(&alice, bob.id, "one").await;
+    let first: Value = newer.await.unwrap().unwrap().json().await.unwrap();
+    let mut seen: Vec<String> = first["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["message"].as_str().unwrap().to_owned())
+        .collect();
+    let mut last = first["events"][0]["id"].as_str().unwrap().to_owned();
+    app.send_ok(&alice, bob.id, "two").await;
+    for _ in 0..3 {
+        let body: Value = app
+            .client
+            .get(format!("{url}&last_event_id={last}"))
+            .header("Authorization", format!("Token {}", bob.token))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in body["events"].as_array().unwrap() {
+            seen.push(e["data"]["message"].as_str().unwrap().to_owned());
+            last = e["id"].as_str().unwrap().to_owned();
+        }
+        if seen.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, ["one", "two"]);
+}

@@ -238,3 +238,101 @@ async fn messages_streamed_to_the_receiver_are_marked_delivered() {
     let page = app.history(&alice, bob.id).await;
     assert!(page["messages"][0]["delivered_at"].is_string(), "{page}");
 }
+
+/// What a stream wrote is not acknowledged by the write: a client whose connection broke before it
+/// read an event, and that reconnects with an older `Last-Event-ID`, gets that event again.
+#[tokio::test]
+async fn an_event_written_but_not_confirmed_comes_again_after_an_older_last_event_id() {
+    let app = spawn_app_with(|c| {
+        c.sse_heartbeat_secs = 0.2;
+        c.sse_max_duration_secs = 60.0;
+    })
+    .await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let mut stream = open(&app, &bob, None).await.bytes_stream();
+    let mut buf = String::new();
+    assert_eq!(
+        read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await[0].event,
+        "connected"
+    );
+    app.send_ok(&alice, bob.id, "seen").await;
+    app.send_ok(&alice, bob.id, "written, never read").await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let recs = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+        assert!(!recs.is_empty(), "the stream stalled");
+        got.extend(recs.into_iter().filter(|r| r.event == "message"));
+    }
+    // The stream moves on (heartbeats) as if the second event had reached the client; it did not.
+    let beats = read(&mut stream, &mut buf, 2, Duration::from_secs(5)).await;
+    assert!(beats.iter().all(|r| r.event == "heartbeat"), "{beats:?}");
+    drop(stream);
+
+    let seen = got[0].id.clone().unwrap();
+    let mut stream = open(&app, &bob, Some(&seen)).await.bytes_stream();
+    let mut buf = String::new();
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while again.is_empty() && tokio::time::Instant::now() < deadline {
+        let recs = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+        again.extend(recs.into_iter().filter(|r| r.event == "message"));
+    }
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].data["message"], "written, never read");
+    assert_eq!(again[0].id, got[1].id, "the same event, the same id");
+}
+
+/// A stream ends by itself once half the postbox's window is in flight unconfirmed, so that the
+/// browser reconnects with `Last-Event-ID`; the reconnect confirms and the stream goes on.
+#[tokio::test]
+async fn a_stream_holding_many_unconfirmed_events_ends_so_the_client_confirms_them() {
+    let app = spawn_app_with(|c| {
+        c.sse_heartbeat_secs = 0.2;
+        c.sse_max_duration_secs = 60.0;
+    })
+    .await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let resp = open(&app, &bob, None).await;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let first = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+    assert_eq!(first[0].event, "connected");
+    let limit = app.config.queue_max_length as usize / 2;
+    for i in 0..limit + 5 {
+        app.send_ok(&alice, bob.id, &format!("m{i}")).await;
+    }
+    let mut got = Vec::new();
+    let mut last_record = String::new();
+    loop {
+        let recs = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+        let Some(record) = recs.last() else {
+            break; // the stream ended (or stalled: then the count below is short)
+        };
+        last_record = record.event.clone();
+        got.extend(recs.into_iter().filter(|r| r.event == "message"));
+    }
+    assert_eq!(last_record, "reconnect", "the stream says why it ends");
+    assert!(
+        got.len() >= limit && got.len() < limit + 5,
+        "the stream ended after about {limit} unconfirmed events, got {}",
+        got.len()
+    );
+    let last = got.last().unwrap().id.clone().unwrap();
+    let mut stream = open(&app, &bob, Some(&last)).await.bytes_stream();
+    let mut buf = String::new();
+    let mut rest = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() + rest.len() < limit + 5 && tokio::time::Instant::now() < deadline {
+        let recs = read(&mut stream, &mut buf, 1, Duration::from_secs(5)).await;
+        rest.extend(recs.into_iter().filter(|r| r.event == "message"));
+    }
+    let texts: Vec<String> = got
+        .iter()
+        .chain(&rest)
+        .map(|r| r.data["message"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..limit + 5).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected, "every event once, in order");
+}

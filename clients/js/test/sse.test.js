@@ -126,3 +126,21 @@ test('SSE: without an EventSource the client long-polls', async () => {
   client.stop();
   assert.match(call.url, /\/poll\/events\//);
 });
+
+test('SSE: a stream the server ends with `reconnect` resumes without an error report', () => {
+  const { client, EventSource } = sseClient();
+  const errors = [];
+  client.on('error', (err) => errors.push(err.code));
+  client.start();
+  const es = EventSource.instances[0];
+  es.open();
+  es.emit('message', { id: 1 }, 'a');
+  es.emit('reconnect', { reason: 'confirm' });
+  es.fail(false); // the stream ended; the browser reconnects by itself
+  assert.deepEqual(errors, [], 'an announced end is not an error');
+  es.open();
+  es.emit('message', { id: 2 }, 'b');
+  es.fail(false); // an unannounced interruption is reported
+  client.stop();
+  assert.deepEqual(errors, ['network_error']);
+});
