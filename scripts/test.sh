@@ -15,6 +15,12 @@ cargo test --all-targets
 echo "== API tests on PostgreSQL"
 POSTBOX_TEST_DATABASE=postgres cargo test --test api
 
+echo "== the OpenAPI document validates (openapi-spec-validator)"
+if ! command -v openapi-spec-validator >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "openapi-spec-validator>=0.7,<1"
+fi
+openapi-spec-validator docs/openapi.json
+
 echo "== JavaScript client tests (node's test runner)"
 if ! command -v node >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq nodejs >/dev/null;

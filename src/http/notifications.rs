@@ -199,6 +199,7 @@ async fn create(
 #[utoipa::path(
     post,
     path = "/notifications/{id}/read/",
+    operation_id = "mark_notification_read",
     tag = "notifications",
     params(("id" = i64, Path, description = "The notification", minimum = 1, maximum = 999_999_999_999_999_i64)),
     responses(

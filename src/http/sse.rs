@@ -127,6 +127,7 @@ fn records(batch: &Batch) -> Bytes {
 #[utoipa::path(
     get,
     path = "/sse/events/",
+    operation_id = "sse_events",
     tag = "poll",
     params(SseParams, ("Last-Event-ID" = Option<String>, Header, description = "The last event id received")),
     responses(
@@ -274,6 +275,7 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
 #[utoipa::path(
     get,
     path = "/sse/test/",
+    operation_id = "sse_test",
     tag = "poll",
     responses((status = 200, description = "A short test stream", content_type = "text/event-stream", body = SseEvent))
 )]

@@ -96,6 +96,24 @@ fn no_route_is_registered_outside_the_document() {
     }
 }
 
+/// Every operation has its own `operationId` (client generators name functions after them; the
+/// OpenAPI validator refuses duplicates). `scripts/test.sh` also runs `openapi-spec-validator`.
+#[test]
+fn operation_ids_are_unique() {
+    let doc: Value = serde_json::from_str(&postbox::http::openapi_json()).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path}"));
+            if let Some(other) = seen.insert(id.to_owned(), format!("{method} {path}")) {
+                panic!("operationId {id} is used by {other} and {method} {path}");
+            }
+        }
+    }
+}
+
 #[test]
 fn committed_document_matches_the_code() {
     let committed =
