@@ -61,6 +61,7 @@ pub struct Service {
 pub async fn connect(config: Config, shutdown: CancellationToken) -> Result<Service, RunError> {
     config.validate()?;
     TlsSettings::from_config(&config)?;
+    tracing::info!(database = %db::describe(&config.database_url), "opening the database");
     let db = db::connect(&config.database_url, config.backend_timeout()).await?;
     db::migrate(&db).await?;
     let broker = Broker::connect(&config, shutdown).await?;

@@ -133,9 +133,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// The database of a command that reads or writes it: the configuration checked, connected, migrated.
+/// The database of a command that reads or writes it: the configuration checked, named on standard
+/// error, connected, migrated.
 async fn database(config: &Config) -> anyhow::Result<DatabaseConnection> {
     config.validate()?;
+    // Which file or server: a relative SQLite path depends on the directory the command runs in.
+    eprintln!("database: {}", db::describe(&config.database_url));
     let conn = db::connect(&config.database_url, config.backend_timeout()).await?;
     db::migrate(&conn).await?;
     Ok(conn)

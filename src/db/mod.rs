@@ -114,6 +114,29 @@ pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTrans
     .await
 }
 
+/// Which database a URL names, for people: the SQLite file's absolute path (a relative one is
+/// resolved against the current directory, so a command run elsewhere would use another file), or
+/// the server URL without its password.
+pub fn describe(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return redact_url(url);
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return "SQLite in memory".to_owned();
+    }
+    let path = std::path::Path::new(path);
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    };
+    format!("SQLite file {}", absolute.display())
+}
+
 /// Connects to the database named by `url`, creating the SQLite file when needed.
 pub async fn connect(url: &str, timeout: Duration) -> Result<DatabaseConnection, DbError> {
     let mut opts = ConnectOptions::new(url.to_owned());
