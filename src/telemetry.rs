@@ -63,6 +63,8 @@ pub mod names {
     /// Counter: times a connection could not be accepted at once because `POSTBOX_MAX_CONNECTIONS` were
     /// open (it waited in the kernel's listen backlog until one closed; none is refused).
     pub const CONNECTION_CAP_WAITS: &str = "postbox_connection_cap_waits_total";
+    /// Gauge: always 1, labelled with the running `version`.
+    pub const BUILD_INFO: &str = "postbox_build_info";
 }
 
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
@@ -81,9 +83,59 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
             .expect("bucket list is not empty");
         match builder.install_recorder() {
-            Ok(handle) => handle,
+            Ok(handle) => {
+                describe();
+                handle
+            }
             // Another recorder is installed: render an empty registry rather than fail.
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
         }
     })
+}
+
+/// The `# HELP` line of every metric, and `postbox_build_info{version}` (always 1), for dashboards.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use names::*;
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests, by method, route (the matched template) and status"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request duration, by method and route"
+    );
+    describe_counter!(EVENTS_PUBLISHED, "Events RabbitMQ confirmed");
+    describe_counter!(PUBLISH_FAILURES, "Publishes that failed, by reason");
+    describe_counter!(
+        OUTBOX_PARKED,
+        "Outbox rows the relay parked after they kept failing (postbox outbox list)"
+    );
+    describe_gauge!(POLLS_IN_FLIGHT, "Long polls waiting or answering now");
+    describe_counter!(POLL_OUTCOMES, "Finished long polls, by outcome");
+    describe_counter!(
+        TASK_RESTARTS,
+        "Background tasks that ended before shutdown and were started again, by task"
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From an event's creation to its hand-over to a client"
+    );
+    describe_counter!(
+        DECLARE_CACHE,
+        "Postbox declares skipped (hit) or made (miss) by the per-process cache"
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "HTTP connections open now");
+    describe_counter!(CONNECTIONS_CLOSED, "HTTP connections closed, by reason");
+    describe_counter!(
+        CONNECTION_CAP_WAITS,
+        "Times a connection waited in the listen backlog because POSTBOX_MAX_CONNECTIONS were open"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label is the running build's"
+    );
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

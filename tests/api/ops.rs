@@ -70,6 +70,14 @@ async fn metrics_count_requests_publishes_and_polls() {
         "postbox_poll_outcomes_total{outcome=\"events\"}",
         "postbox_delivery_latency_seconds_bucket",
         "postbox_queue_declare_cache_total{result=",
+        "# HELP postbox_http_requests_total HTTP requests",
+        "# HELP postbox_delivery_latency_seconds From an event's creation",
+        "# HELP postbox_polls_in_flight ",
+        concat!(
+            "postbox_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\"} 1"
+        ),
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
