@@ -63,6 +63,14 @@ pub mod names {
     /// Counter: times a connection could not be accepted at once because `POSTBOX_MAX_CONNECTIONS` were
     /// open (it waited in the kernel's listen backlog until one closed; none is refused).
     pub const CONNECTION_CAP_WAITS: &str = "postbox_connection_cap_waits_total";
+    /// Gauge: Server-Sent Events streams open now.
+    pub const SSE_STREAMS_OPEN: &str = "postbox_sse_streams_open";
+    /// Gauge: outbox rows waiting to be published (not parked), as the relay last counted them.
+    pub const OUTBOX_BACKLOG: &str = "postbox_outbox_backlog";
+    /// Gauge: age in seconds of the oldest outbox row waiting (0 when none), as the relay last saw it.
+    pub const OUTBOX_OLDEST_AGE: &str = "postbox_outbox_oldest_age_seconds";
+    /// Gauge: outbox rows parked now.
+    pub const OUTBOX_PARKED_NOW: &str = "postbox_outbox_parked";
     /// Gauge: always 1, labelled with the running `version`.
     pub const BUILD_INFO: &str = "postbox_build_info";
 }
@@ -133,6 +141,17 @@ fn describe() {
         CONNECTION_CAP_WAITS,
         "Times a connection waited in the listen backlog because POSTBOX_MAX_CONNECTIONS were open"
     );
+    describe_gauge!(SSE_STREAMS_OPEN, "Server-Sent Events streams open now");
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Outbox rows waiting to be published (not parked), as the relay last counted them"
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest outbox row waiting to be published (0 when none)"
+    );
+    describe_gauge!(OUTBOX_PARKED_NOW, "Outbox rows parked now");
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label is the running build's"

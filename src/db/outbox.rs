@@ -190,6 +190,24 @@ pub async fn parked(db: &DatabaseConnection, limit: u64) -> Result<Vec<ParkedRow
         .collect())
 }
 
+/// The outbox's state for the dashboards: rows waiting (not parked), the oldest one's creation time,
+/// and rows parked.
+pub async fn backlog(
+    db: &DatabaseConnection,
+) -> Result<(u64, Option<chrono::DateTime<Utc>>, u64), DbError> {
+    let waiting = outbox::Entity::find().filter(outbox::Column::ParkedAt.is_null());
+    let count = waiting.clone().count(db).await?;
+    let oldest: Option<chrono::DateTime<Utc>> = waiting
+        .select_only()
+        .column(outbox::Column::CreatedAt)
+        .order_by_asc(outbox::Column::Id)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok((count, oldest, parked_count(db).await?))
+}
+
 /// How many rows are parked.
 pub async fn parked_count(db: &DatabaseConnection) -> Result<u64, DbError> {
     Ok(outbox::Entity::find()

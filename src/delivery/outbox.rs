@@ -225,6 +225,7 @@ impl Outbox {
     /// in its backoff, or one that fails now, holds back the later rows of its audience (order within a
     /// postbox) but no other. Stops early while RabbitMQ is unreachable. Returns the rows published.
     pub async fn relay(&self, min_age: Duration) -> usize {
+        self.measure().await;
         let age = chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::seconds(10));
         let rows = match db::outbox::stale(&self.db, age, 500).await {
             Ok(rows) => rows,
@@ -275,6 +276,21 @@ impl Outbox {
             }
         }
         published.len()
+    }
+
+    /// Sets the outbox gauges (backlog, oldest age, parked) for the dashboards.
+    async fn measure(&self) {
+        match db::outbox::backlog(&self.db).await {
+            Ok((waiting, oldest, parked)) => {
+                let age = oldest.map_or(0.0, |t| {
+                    (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!(names::OUTBOX_BACKLOG).set(waiting as f64);
+                metrics::gauge!(names::OUTBOX_OLDEST_AGE).set(age);
+                metrics::gauge!(names::OUTBOX_PARKED_NOW).set(parked as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "could not measure the outbox"),
+        }
     }
 
     /// Records a row's failed attempt: its backoff, or that it is parked.

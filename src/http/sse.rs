@@ -36,6 +36,7 @@ use crate::{
         extract::Query,
     },
     state::AppState,
+    telemetry::names,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -179,6 +180,7 @@ async fn events(
         written: None,
         first: Some(connected),
         ending: false,
+        _open: OpenStream::new(),
     };
     let body = Body::from_stream(stream::unfold(stream_state, next_record));
     let mut resp = body.into_response();
@@ -218,6 +220,23 @@ struct Stream {
     ends_at: tokio::time::Instant,
     /// The `reconnect` record was sent: the stream ends.
     ending: bool,
+    _open: OpenStream,
+}
+
+/// Counts an open stream in `postbox_sse_streams_open` while it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!(names::SSE_STREAMS_OPEN).increment(1.0);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(names::SSE_STREAMS_OPEN).decrement(1.0);
+    }
 }
 
 /// Produces the stream's next record; `None` ends it.

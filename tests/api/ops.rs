@@ -53,6 +53,17 @@ async fn metrics_count_requests_publishes_and_polls() {
     let bob = app.member("bob").await;
     app.send_ok(&alice, bob.id, "counted").await;
     assert_eq!(app.collect_events(&bob, 1, 2).await.len(), 1);
+    // An event stream held open while the metrics are read.
+    let stream = app
+        .client
+        .get(app.url(&format!(
+            "/api/v1/communication/sse/events/?token={}",
+            bob.token
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
     let r = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(
@@ -78,10 +89,15 @@ async fn metrics_count_requests_publishes_and_polls() {
             env!("CARGO_PKG_VERSION"),
             "\"} 1"
         ),
+        "postbox_sse_streams_open ",
+        "postbox_outbox_backlog ",
+        "postbox_outbox_oldest_age_seconds ",
+        "postbox_outbox_parked ",
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
     // Routes are labelled by template, never by raw path (ids would explode the label set).
     assert!(text.contains("route=\"/api/v1/communication/chats/\""));
     assert!(!text.contains(&format!("conversation/{}", bob.id)));
+    drop(stream);
 }
