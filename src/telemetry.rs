@@ -63,6 +63,9 @@ pub mod names {
     /// Counter: times a connection could not be accepted at once because `POSTBOX_MAX_CONNECTIONS` were
     /// open (it waited in the kernel's listen backlog until one closed; none is refused).
     pub const CONNECTION_CAP_WAITS: &str = "postbox_connection_cap_waits_total";
+    /// Counter: stored events RabbitMQ dropped from a postbox, by `reason` (`maxlen`: it overflowed;
+    /// `expired`: older than `POSTBOX_MESSAGE_TTL`); each is announced to the client as a gap.
+    pub const EVENTS_DROPPED: &str = "postbox_events_dropped_total";
     /// Gauge: Server-Sent Events streams open now.
     pub const SSE_STREAMS_OPEN: &str = "postbox_sse_streams_open";
     /// Gauge: outbox rows waiting to be published (not parked), as the relay last counted them.
@@ -140,6 +143,10 @@ fn describe() {
     describe_counter!(
         CONNECTION_CAP_WAITS,
         "Times a connection waited in the listen backlog because POSTBOX_MAX_CONNECTIONS were open"
+    );
+    describe_counter!(
+        EVENTS_DROPPED,
+        "Stored events RabbitMQ dropped from a postbox (overflow or TTL), by reason; announced as gaps"
     );
     describe_gauge!(SSE_STREAMS_OPEN, "Server-Sent Events streams open now");
     describe_gauge!(

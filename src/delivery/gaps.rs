@@ -22,6 +22,7 @@ use crate::{
     },
     db::{self, DbError, entities::gap},
     events::{Envelope, data::Resync},
+    telemetry::names,
 };
 
 /// The `resync` event announcing a gap.
@@ -93,6 +94,8 @@ pub async fn record_dead_letters(
                 }
                 match db::gaps::record(&db, &letter.queue, 1, letter.since, &letter.reason).await {
                     Ok(()) => {
+                        metrics::counter!(names::EVENTS_DROPPED, "reason" => letter.reason.clone())
+                            .increment(1);
                         hub.flag_gap(&letter.queue);
                         true
                     }
