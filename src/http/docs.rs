@@ -57,6 +57,64 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Describes the headers an error answer carries, on every operation that documents the status:
+/// `WWW-Authenticate` on 401, `Retry-After` on 429 and 503 (clients read them to wait and to ask for a
+/// token). The headers are set in one place (`http::error`), so they are described in one place too.
+pub fn error_headers(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        RefOr,
+        header::HeaderBuilder,
+        schema::{ObjectBuilder, Type},
+    };
+    let header = |ty: Type, description: &str| {
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(ty)))
+                .description(Some(description))
+                .build(),
+        )
+    };
+    for item in openapi.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (status, response) in op.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                match status.as_str() {
+                    "401" => {
+                        response.headers.insert(
+                            "WWW-Authenticate".into(),
+                            header(
+                                Type::String,
+                                "`Token`: send the token as `Authorization: Token <key>`",
+                            ),
+                        );
+                    }
+                    "429" | "503" => {
+                        response.headers.insert(
+                            "Retry-After".into(),
+                            header(
+                                Type::Integer,
+                                "Seconds to wait before retrying (always on 429; on 503 when Postbox knows)",
+                            ),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// `/api/openapi.json` and the Swagger UI at `/api/docs`.
 pub fn router(openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
     Router::new().merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))

@@ -67,7 +67,9 @@ pub fn api(max_attachment_bytes: usize) -> OpenApiRouter<AppState> {
 /// The OpenAPI document of the whole API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     // Limits shape the routes' layers, never the document.
-    api(0).into_openapi()
+    let mut doc = api(0).into_openapi();
+    docs::error_headers(&mut doc);
+    doc
 }
 
 /// The OpenAPI document as pretty JSON with a final newline (what `docs/openapi.json` holds).
@@ -81,7 +83,8 @@ pub fn openapi_json() -> String {
 
 /// The whole application router: the API, its document and docs page, JSON fallbacks, middleware.
 pub fn router(state: AppState) -> Router {
-    let (api, openapi) = api(state.config.max_attachment_bytes).split_for_parts();
+    let (api, mut openapi) = api(state.config.max_attachment_bytes).split_for_parts();
+    docs::error_headers(&mut openapi);
     let app = api
         .merge(docs::router(openapi))
         .fallback(not_found)

@@ -114,6 +114,32 @@ fn operation_ids_are_unique() {
     }
 }
 
+/// The headers clients read on errors are described wherever the status is: `WWW-Authenticate` on
+/// 401, `Retry-After` on 429 and 503.
+#[test]
+fn error_answers_describe_their_headers() {
+    let doc: Value = serde_json::from_str(&postbox::http::openapi_json()).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, header) in [
+                ("401", "WWW-Authenticate"),
+                ("429", "Retry-After"),
+                ("503", "Retry-After"),
+            ] {
+                if let Some(response) = op["responses"].get(status) {
+                    assert!(
+                        response["headers"][header].is_object(),
+                        "{method} {path} {status} does not describe {header}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 40, "{checked} error answers");
+}
+
 #[test]
 fn committed_document_matches_the_code() {
     let committed =
