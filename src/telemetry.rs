@@ -46,7 +46,8 @@ pub mod names {
     pub const POLLS_IN_FLIGHT: &str = "postbox_polls_in_flight";
     /// Counter: finished polls by `outcome`: `events`, `timeout`, `attaching` (no events: the postbox's
     /// consumer was still attaching, RabbitMQ busy), `disconnected`, `error`, `revoked`, `expired`
-    /// (the token expired while the poll waited).
+    /// (the token expired while the poll waited), `superseded` (a newer poll or stream of the same
+    /// client took its postbox over).
     pub const POLL_OUTCOMES: &str = "postbox_poll_outcomes_total";
     /// Counter: background tasks started again after they ended before shutdown, by `task`.
     pub const TASK_RESTARTS: &str = "postbox_background_task_restarts_total";

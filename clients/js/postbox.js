@@ -723,6 +723,12 @@ export class PostboxClient {
           this._fail(err, true);
           return;
         }
+        if (err.code === 'superseded') {
+          // Another tab or device polls with this client id (a duplicated tab copies sessionStorage):
+          // take a postbox of our own rather than take turns with it.
+          this._renewClientId();
+          continue;
+        }
         this._report(err);
         delay = Math.max(err.retryAfter ?? 0, this._nextBackoff());
       }
@@ -810,6 +816,14 @@ export class PostboxClient {
     if (SSE_CONTROL_TYPES.has(ev.type)) {
       this._attempt = 0;
       this._sseReconnecting = ev.type === 'reconnect';
+      if (ev.type === 'reconnect' && typeof ev.data === 'string' && ev.data.includes('"superseded"')) {
+        // Another tab or device streams with this client id: take one of our own and reopen.
+        this._renewClientId();
+        const generation = this._generation;
+        if (this._eventSource) this._eventSource.close();
+        this._eventSource = null;
+        this._openEventSource(generation, false);
+      }
       return;
     }
     let data = null;
@@ -854,6 +868,13 @@ export class PostboxClient {
     this._abort = retry;
     await this._sleep(Math.max(error.retryAfter ?? 0, this._nextBackoff()), retry.signal);
     if (this._generation === generation) this._openEventSource(generation, true);
+  }
+
+  /** A new client id (a postbox of this tab's own), starting without a cursor. */
+  _renewClientId() {
+    this._clientId = generateClientId(this._random);
+    this._lastEventId = null;
+    this._save();
   }
 
   _nextBackoff() {

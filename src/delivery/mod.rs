@@ -52,6 +52,12 @@ pub enum DeliveryError {
     /// The token was revoked or expired while the poll or stream was open.
     #[error("{}", .0.detail())]
     Ended(Ended),
+    /// A newer poll or stream with the same `client_id` took the client's postbox over.
+    #[error(
+        "a newer poll or stream with this client_id took its postbox over; each tab or device needs \
+         its own client_id"
+    )]
+    Superseded,
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]

@@ -42,6 +42,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
+    /// A newer poll or stream of the same registered client took its postbox over (409 `superseded`).
+    #[error("{0}")]
+    Superseded(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -67,7 +70,7 @@ pub enum ApiError {
 #[schema(example = json!({"error": "validation_error", "detail": "message: may not be blank", "status": 400, "fields": {"message": "may not be blank"}}))]
 pub struct ErrorBody {
     /// Stable machine-readable code: `bad_request`, `validation_error`, `unauthorized`, `forbidden`,
-    /// `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `superseded`, `payload_too_large`, `unsupported_media_type`,
     /// `rate_limited`, `server_busy`, `database_unavailable`, `broker_unavailable`, `broker_misconfigured`, `internal_error`.
     #[schema(value_type = String)]
     pub error: &'static str,
@@ -104,6 +107,7 @@ impl ApiError {
             E::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
             E::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m.clone()),
             E::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            E::Superseded(m) => (StatusCode::CONFLICT, "superseded", m.clone()),
             E::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m.clone()),
             E::UnsupportedMediaType(m) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -260,6 +264,7 @@ impl From<DeliveryError> for ApiError {
             E::Invalid(e) => e.into(),
             E::TooMany(e) => e.into(),
             E::Ended(ended) => ApiError::Unauthorized(ended.detail().into()),
+            E::Superseded => ApiError::Superseded(E::Superseded.to_string()),
             E::Db(e) => e.into(),
             E::Broker(e) => e.into(),
         }

@@ -86,6 +86,7 @@ pub struct PollParams {
         (status = 200, description = "Events (possibly none)", body = PollResponse),
         (status = 400, description = "Invalid client_id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token, or the token was revoked or expired while the poll waited", body = ErrorBody),
+        (status = 409, description = "`superseded`: a newer poll or stream with the same client_id took its postbox over. A client that gets this for its current poll shares its client_id with another tab or device and should take a new one", body = ErrorBody),
         (status = 429, description = "The user holds too many long polls and event streams at once; see Retry-After", body = ErrorBody),
         (status = 503, description = "Broker or database unavailable; retry", body = ErrorBody),
     ),
@@ -133,6 +134,10 @@ async fn events(
             return Err(e.into());
         }
     };
+    if batch.superseded() {
+        tracker.finish("superseded");
+        return Err(DeliveryError::Superseded.into());
+    }
     if batch.is_empty() {
         tracker.finish(if batch.attaching() {
             "attaching"

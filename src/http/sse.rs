@@ -263,8 +263,13 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
     }
     let deadline = (now + s.heartbeat).min(s.ends_at);
     match s.session.next(deadline).await {
-        // A newer stream or poll of this client took the postbox over.
-        Ok(batch) if batch.superseded() => None,
+        // A newer stream or poll of this client took the postbox over: say so (a client sharing its
+        // client_id with another tab takes a new one), and end.
+        Ok(batch) if batch.superseded() => {
+            s.ending = true;
+            let bye = record(None, "reconnect", r#"{"reason":"superseded"}"#);
+            Some((Ok(bye), s))
+        }
         Ok(batch) if batch.is_empty() => {
             let beat = record(
                 None,

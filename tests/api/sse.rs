@@ -336,3 +336,33 @@ async fn a_stream_holding_many_unconfirmed_events_ends_so_the_client_confirms_th
     let expected: Vec<String> = (0..limit + 5).map(|i| format!("m{i}")).collect();
     assert_eq!(texts, expected, "every event once, in order");
 }
+
+/// A newer stream with the same client id takes the postbox over: the older stream says so
+/// (`reconnect` with reason `superseded`) and ends.
+#[tokio::test]
+async fn an_older_stream_of_the_same_client_is_superseded_and_ends() {
+    let app = spawn_app_with(|c| {
+        c.sse_heartbeat_secs = 0.2;
+        c.sse_max_duration_secs = 60.0;
+    })
+    .await;
+    let bob = app.member("bob").await;
+    let mut older = open(&app, &bob, None).await.bytes_stream();
+    let mut buf = String::new();
+    assert_eq!(
+        read(&mut older, &mut buf, 1, Duration::from_secs(5)).await[0].event,
+        "connected"
+    );
+    let _newer = open(&app, &bob, None).await;
+    let mut last = None;
+    loop {
+        let recs = read(&mut older, &mut buf, 1, Duration::from_secs(5)).await;
+        let Some(r) = recs.into_iter().next() else {
+            break;
+        };
+        last = Some(r);
+    }
+    let last = last.expect("the older stream wrote something before it ended");
+    assert_eq!(last.event, "reconnect");
+    assert_eq!(last.data["reason"], "superseded");
+}

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { PostboxClient, generateClientId } from '../postbox.js';
-import { MemoryStorage, events, ev, isolated, scriptedFetch } from '../test-support/fakes.js';
+import { MemoryStorage, events, ev, isolated, json, scriptedFetch } from '../test-support/fakes.js';
 
 test('every poll after the first carries last_event_id of the last processed event', async () => {
   const fetch = scriptedFetch([
@@ -131,4 +131,27 @@ test('client ids: explicit ones are validated, generated ones fit the server pat
   } finally {
     delete globalThis.crypto.randomUUID; // uncovers the prototype's again
   }
+});
+
+test('a poll superseded by another tab with the same client id takes a client id of its own', async () => {
+  const fetch = scriptedFetch([
+    events(ev('e1')),
+    json(409, { error: 'superseded', detail: 'a newer poll took the postbox over', status: 409 }),
+    events(ev('e2')),
+  ]);
+  const errors = [];
+  const client = new PostboxClient(isolated({ fetch, clientId: 'tab-copy' }));
+  client.on('error', (err) => errors.push(err.code));
+  client.start();
+  await fetch.waitForCall(3);
+  client.stop();
+  const polls = fetch.polls();
+  assert.equal(polls[0].searchParams.get('client_id'), 'tab-copy');
+  assert.equal(polls[1].searchParams.get('client_id'), 'tab-copy');
+  const renewed = polls[2].searchParams.get('client_id');
+  assert.notEqual(renewed, 'tab-copy', 'a new client id, at once');
+  assert.match(renewed, /^[A-Za-z0-9_-]{1,64}$/);
+  assert.equal(polls[2].searchParams.get('last_event_id'), null, 'a new postbox starts without a cursor');
+  assert.equal(client.clientId, renewed);
+  assert.deepEqual(errors, [], 'not an error for the application');
 });

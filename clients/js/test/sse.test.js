@@ -144,3 +144,20 @@ test('SSE: a stream the server ends with `reconnect` resumes without an error re
   client.stop();
   assert.deepEqual(errors, ['network_error']);
 });
+
+test('SSE: a stream superseded by another tab with the same client id reopens with an id of its own', () => {
+  const { client, EventSource } = sseClient();
+  const errors = [];
+  client.on('error', (err) => errors.push(err.code));
+  client.start();
+  const first = EventSource.instances[0];
+  first.open();
+  first.emit('reconnect', { reason: 'superseded' });
+  assert.equal(first.readyState, EventSource.CLOSED, 'the shared stream is closed');
+  assert.equal(EventSource.instances.length, 2);
+  const url = new URL(EventSource.instances[1].url, 'http://x');
+  assert.notEqual(url.searchParams.get('client_id'), 'tab-9');
+  assert.equal(url.searchParams.get('client_id'), client.clientId);
+  client.stop();
+  assert.deepEqual(errors, []);
+});
