@@ -67,6 +67,12 @@ pub mod names {
     /// Counter: stored events RabbitMQ dropped from a postbox, by `reason` (`maxlen`: it overflowed;
     /// `expired`: older than `POSTBOX_MESSAGE_TTL`); each is announced to the client as a gap.
     pub const EVENTS_DROPPED: &str = "postbox_events_dropped_total";
+    /// Gauge: database pool connections by `state` (`open`, `idle`), read at each scrape.
+    pub const DB_POOL_CONNECTIONS: &str = "postbox_db_pool_connections";
+    /// Gauge: 1 when RabbitMQ answered this instance's last operation, 0 when it was unreachable.
+    pub const BROKER_UP: &str = "postbox_broker_up";
+    /// Gauge: pooled AMQP connections by `state` (`open`, `idle`), read at each scrape.
+    pub const BROKER_CONNECTIONS: &str = "postbox_broker_connections";
     /// Gauge: Server-Sent Events streams open now.
     pub const SSE_STREAMS_OPEN: &str = "postbox_sse_streams_open";
     /// Gauge: outbox rows waiting to be published (not parked), as the relay last counted them.
@@ -148,6 +154,18 @@ fn describe() {
     describe_counter!(
         EVENTS_DROPPED,
         "Stored events RabbitMQ dropped from a postbox (overflow or TTL), by reason; announced as gaps"
+    );
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database pool connections by state (open, idle), read at each scrape"
+    );
+    describe_gauge!(
+        BROKER_UP,
+        "1 when RabbitMQ answered this instance's last operation, 0 when it was unreachable"
+    );
+    describe_gauge!(
+        BROKER_CONNECTIONS,
+        "Pooled AMQP connections by state (open, idle), read at each scrape"
     );
     describe_gauge!(SSE_STREAMS_OPEN, "Server-Sent Events streams open now");
     describe_gauge!(

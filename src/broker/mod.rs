@@ -250,6 +250,17 @@ impl Broker {
         result
     }
 
+    /// For the dashboards: whether RabbitMQ answered the last operation, and the pooled AMQP
+    /// connections (open, and idle in the pool).
+    pub fn pool_state(&self) -> (bool, usize, usize) {
+        let status = self.inner.connections.status();
+        let reachable = !self
+            .inner
+            .unhealthy
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (reachable, status.size, status.available)
+    }
+
     /// Fails fast with [`BrokerError::Unavailable`] when RabbitMQ was unreachable at the last attempt
     /// and still is, so callers refuse work they could not announce instead of accepting it blindly.
     pub async fn ensure_available(&self) -> Result<(), BrokerError> {

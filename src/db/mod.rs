@@ -114,6 +114,21 @@ pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTrans
     .await
 }
 
+/// The connection pool now: connections open, of which idle (for the dashboards).
+pub fn pool_state(db: &DatabaseConnection) -> (u32, usize) {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => (0, 0),
+    }
+}
+
 /// Which database a URL names, for people: the SQLite file's absolute path (a relative one is
 /// resolved against the current directory, so a command run elsewhere would use another file), or
 /// the server URL without its password.

@@ -65,7 +65,15 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, Api
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
-async fn metrics() -> Response {
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Pool states are read when scraped.
+    let (size, idle) = crate::db::pool_state(&state.db);
+    metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "open").set(f64::from(size));
+    metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
+    let (reachable, open, available) = state.broker.pool_state();
+    metrics::gauge!(names::BROKER_UP).set(if reachable { 1.0 } else { 0.0 });
+    metrics::gauge!(names::BROKER_CONNECTIONS, "state" => "open").set(open as f64);
+    metrics::gauge!(names::BROKER_CONNECTIONS, "state" => "idle").set(available as f64);
     let handle = telemetry::metrics();
     handle.run_upkeep();
     (

@@ -93,6 +93,9 @@ async fn metrics_count_requests_publishes_and_polls() {
         "postbox_outbox_backlog ",
         "postbox_outbox_oldest_age_seconds ",
         "postbox_outbox_parked ",
+        "postbox_broker_up 1",
+        "postbox_broker_connections{state=\"open\"}",
+        "postbox_db_pool_connections{state=\"idle\"}",
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
