@@ -21,6 +21,24 @@ fn texts(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Polls client `tab` without a cursor until the answer holds `n` events. A send answers once its
+/// message is stored; its publish may still be under way, so a poll can come before the last event.
+/// Without a cursor nothing is acknowledged: each answer repeats what the one before carried.
+async fn poll_until(
+    app: &crate::helpers::TestApp,
+    user: &crate::helpers::TestUser,
+    n: usize,
+) -> Vec<Value> {
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got = app.poll_cursor(user, "tab", None).await;
+        if got.len() >= n {
+            break;
+        }
+    }
+    got
+}
+
 #[tokio::test]
 async fn unconfirmed_events_come_again_with_the_same_ids() {
     let app = spawn_app().await;
@@ -30,7 +48,7 @@ async fn unconfirmed_events_come_again_with_the_same_ids() {
     for i in 0..3 {
         app.send_ok(&alice, bob.id, &format!("m{i}")).await;
     }
-    let first = app.poll_cursor(&bob, "tab", None).await;
+    let first = poll_until(&app, &bob, 3).await;
     assert_eq!(texts(&first), ["m0", "m1", "m2"]);
 
     // The response was lost: the client polls again with no cursor and gets the same events, same ids.
@@ -71,7 +89,7 @@ async fn an_unconfirmed_batch_survives_the_service_going_away() {
     for i in 0..2 {
         app.send_ok(&alice, bob.id, &format!("m{i}")).await;
     }
-    let got = app.poll_cursor(&bob, "tab", None).await;
+    let got = poll_until(&app, &bob, 2).await;
     assert_eq!(got.len(), 2);
     // The client never confirms; the service stops: both events go back to the postbox.
     app.stop().await.unwrap();
