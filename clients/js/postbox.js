@@ -147,6 +147,15 @@ async function errorFromResponse(res) {
   });
 }
 
+/** JSON.parse, or null when the text is not JSON. */
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
 /** FNV-1a, to name the tab channel and lock after the user without putting the token in the name. */
 function shortHash(text) {
   let h = 0x811c9dc5;
@@ -816,7 +825,7 @@ export class PostboxClient {
     if (SSE_CONTROL_TYPES.has(ev.type)) {
       this._attempt = 0;
       this._sseReconnecting = ev.type === 'reconnect';
-      if (ev.type === 'reconnect' && typeof ev.data === 'string' && ev.data.includes('"superseded"')) {
+      if (ev.type === 'reconnect' && parseJson(ev.data)?.reason === 'superseded') {
         // Another tab or device streams with this client id: take one of our own and reopen.
         this._renewClientId();
         const generation = this._generation;
@@ -826,14 +835,7 @@ export class PostboxClient {
       }
       return;
     }
-    let data = null;
-    if (ev.data !== undefined && ev.data !== '') {
-      try {
-        data = JSON.parse(ev.data);
-      } catch {
-        data = ev.data;
-      }
-    }
+    const data = ev.data === undefined || ev.data === '' ? null : (parseJson(ev.data) ?? ev.data);
     // SSE records carry no creation time: `timestamp` is null in this mode.
     this._receive({ id: ev.lastEventId || null, event: ev.type, data, timestamp: null }, true);
     this._save();

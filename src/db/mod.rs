@@ -25,6 +25,12 @@ use sea_orm::{
 
 use crate::config::redact_url;
 
+/// Now, in whole milliseconds (what the API prints, and what clients echo back as `since`).
+pub(crate) fn now_ms() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(3)
+}
+
 /// The time of a message in a thread (a conversation, a support chat) whose last message is at
 /// `previous`: now in whole milliseconds (what the API prints and clients echo back as `since`), or 1 ms
 /// after `previous` when that is not earlier. Called under the thread's row lock, it makes the thread's
@@ -34,7 +40,7 @@ pub(crate) fn next_message_time(
     previous: Option<chrono::DateTime<chrono::Utc>>,
 ) -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
-    let now = chrono::Utc::now().trunc_subsecs(3);
+    let now = now_ms();
     match previous.map(|p| p.trunc_subsecs(3)) {
         Some(p) if p >= now => p + chrono::Duration::milliseconds(1),
         _ => now,

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -33,11 +33,6 @@ const PREVIEW_CHARS: usize = 100;
 
 /// Events to store with a change, each for its audiences, in this order.
 pub type Events = Vec<(Vec<Audience>, Envelope)>;
-
-/// Now, in whole milliseconds (what the API prints, and what clients echo back as `since`).
-fn now_ms() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(3)
-}
 
 pub async fn find_chat(
     db: &DatabaseConnection,
@@ -65,7 +60,7 @@ pub async fn chat_of_user(
     if let Some(chat) = find_chat_of_user(db, user_id).await? {
         return Ok(chat);
     }
-    let now = now_ms();
+    let now = super::now_ms();
     support_chat::Entity::insert(support_chat::ActiveModel {
         user_id: Set(user_id),
         status: Set(OPEN.to_owned()),
@@ -207,7 +202,7 @@ pub async fn close(
         txn.commit().await?;
         return Ok(Some((chat, Vec::new())));
     }
-    let now = now_ms().max(chat.updated_at);
+    let now = super::now_ms().max(chat.updated_at);
     let mut active = chat.into_active_model();
     active.status = Set(CLOSED.to_owned());
     active.updated_at = Set(now);

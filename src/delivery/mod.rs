@@ -311,6 +311,11 @@ impl Session {
             ended = self.waiting.ended() => return Err(DeliveryError::Ended(ended)),
             lease = wait => lease?,
         };
+        if lease.is_superseded() {
+            // The gap (if any) stays pending for the reader that took over.
+            self.gap = gap;
+            return Err(DeliveryError::Superseded);
+        }
         self.settled = true;
         let resync = gap.as_ref().map(gaps::resync_event);
         let messages = handed_over(self.user_id, lease.events());
@@ -339,12 +344,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// A newer poll or stream of the same client took its postbox over: this one is over (the batch
-    /// is empty; a stream ends).
-    pub fn superseded(&self) -> bool {
-        self.lease.is_superseded()
-    }
-
     /// No event (the deadline passed).
     pub fn is_empty(&self) -> bool {
         self.lease.is_empty() && self.resync.is_none()

@@ -129,15 +129,15 @@ async fn events(
             tracker.finish(ended.outcome());
             return Err(DeliveryError::Ended(ended).into());
         }
+        Err(DeliveryError::Superseded) => {
+            tracker.finish("superseded");
+            return Err(DeliveryError::Superseded.into());
+        }
         Err(e) => {
             tracker.finish("error");
             return Err(e.into());
         }
     };
-    if batch.superseded() {
-        tracker.finish("superseded");
-        return Err(DeliveryError::Superseded.into());
-    }
     if batch.is_empty() {
         tracker.finish(if batch.attaching() {
             "attaching"

@@ -239,6 +239,14 @@ impl Drop for OpenStream {
     }
 }
 
+/// The stream's last record, `reconnect` with why (`confirm`: the client's reconnect confirms what it
+/// got; `superseded`: a newer stream or poll of the client took its postbox over); the stream ends.
+fn goodbye(mut s: Stream, reason: &'static str) -> (Result<Bytes, std::io::Error>, Stream) {
+    s.ending = true;
+    let data = serde_json::json!({ "reason": reason }).to_string();
+    (Ok(record(None, "reconnect", &data)), s)
+}
+
 /// Produces the stream's next record; `None` ends it.
 async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, Stream)> {
     if let Some(first) = s.first.take() {
@@ -253,9 +261,7 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
     if let Some(batch) = s.written.take()
         && batch.handed_over().await
     {
-        s.ending = true;
-        let bye = record(None, "reconnect", r#"{"reason":"confirm"}"#);
-        return Some((Ok(bye), s));
+        return Some(goodbye(s, "confirm"));
     }
     let now = tokio::time::Instant::now();
     if now >= s.ends_at || s.session.closing() || s.session.ended().is_some() {
@@ -263,13 +269,6 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
     }
     let deadline = (now + s.heartbeat).min(s.ends_at);
     match s.session.next(deadline).await {
-        // A newer stream or poll of this client took the postbox over: say so (a client sharing its
-        // client_id with another tab takes a new one), and end.
-        Ok(batch) if batch.superseded() => {
-            s.ending = true;
-            let bye = record(None, "reconnect", r#"{"reason":"superseded"}"#);
-            Some((Ok(bye), s))
-        }
         Ok(batch) if batch.is_empty() => {
             let beat = record(
                 None,
@@ -286,6 +285,9 @@ async fn next_record(mut s: Stream) -> Option<(Result<Bytes, std::io::Error>, St
             s.written = Some(batch);
             Some((Ok(bytes), s))
         }
+        // A newer stream or poll of this client took the postbox over: say so (a client sharing its
+        // client_id with another tab takes a new one), and end.
+        Err(DeliveryError::Superseded) => Some(goodbye(s, "superseded")),
         // A revoked or expired token ends the stream (a reconnect then gets 401).
         Err(DeliveryError::Ended(_)) => None,
         Err(e) => {
