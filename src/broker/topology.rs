@@ -170,6 +170,11 @@ pub fn user_routing_key(user_id: i64) -> String {
     format!("user.{user_id}")
 }
 
+/// The user a [`user_routing_key`] names.
+pub fn user_of_routing_key(key: &str) -> Option<i64> {
+    key.strip_prefix("user.")?.parse().ok()
+}
+
 /// Routing key of the copies of a user's own actions for their registered clients (not the default
 /// postbox).
 pub fn devices_routing_key(user_id: i64) -> String {
