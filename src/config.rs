@@ -136,6 +136,16 @@ pub struct Config {
     )]
     pub message_ttl_secs: u64,
 
+    /// Seconds every stored event is kept under its user's sequence number for `GET poll/missed/`
+    /// (never less than `POSTBOX_MESSAGE_TTL`: a client that lost events from its postbox can still
+    /// fetch them).
+    #[arg(
+        long = "event-retention",
+        env = "POSTBOX_EVENT_RETENTION",
+        default_value_t = 86_400
+    )]
+    pub event_retention_secs: u64,
+
     /// Seconds a postbox may stay unused (no poll, no declare) before RabbitMQ deletes it (`x-expires`).
     /// Keep it at least twice the message TTL so a postbox never expires with live events in it.
     #[arg(
@@ -373,6 +383,13 @@ impl Config {
         if self.typing_rate == 0 {
             return bad("POSTBOX_TYPING_RATE must be at least 1");
         }
+        if self.event_retention_secs < self.message_ttl_secs
+            || self.event_retention_secs > 365 * 86_400
+        {
+            return bad(
+                "POSTBOX_EVENT_RETENTION must be at least POSTBOX_MESSAGE_TTL and at most a year (in seconds)",
+            );
+        }
         if self.max_undelivered == 0 {
             return bad("POSTBOX_MAX_UNDELIVERED must be at least 1");
         }
@@ -491,6 +508,10 @@ impl Config {
 
     pub fn consumer_linger(&self) -> Duration {
         Duration::from_secs(self.consumer_linger_secs)
+    }
+
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_secs(self.event_retention_secs)
     }
 
     pub fn auth_cache(&self) -> Duration {

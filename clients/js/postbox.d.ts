@@ -10,6 +10,11 @@ export interface PostboxEvent<T = any> {
   data: T;
   /** Seconds since the Unix epoch when the event was created; `null` in SSE mode. */
   timestamp: number | null;
+  /**
+   * The event's number in the user's sequence (stored events: `message`, `read_receipt`,
+   * `notification`, `support_*`); absent on ephemeral events and in SSE mode.
+   */
+  seq?: number;
 }
 
 /** Payload of a `resync` event: the server lost events for this client; reload state from REST. */
@@ -25,6 +30,9 @@ export interface ResyncInfo {
   lost_unknown?: boolean;
   /** Seconds since the Unix epoch from which events may be missing, when known. */
   since: number | null;
+  /** The lowest and highest sequence numbers lost, when the lost events carried them. */
+  seq_from?: number;
+  seq_to?: number;
   [key: string]: unknown;
 }
 
@@ -150,6 +158,8 @@ export interface PostboxClientOptions {
   onError?: ErrorHandler;
   /** How many recent event ids to remember for dedupe. Default 1000. */
   dedupeLimit?: number;
+  /** How long a jump in the sequence may wait for late events before it is filled, ms. Default 1000. */
+  gapGraceMs?: number;
   /** Retry delays: full jitter in [0, min(cap, base * factor^attempt)). Default 500 ms, 2, 30 000 ms. */
   backoff?: { base?: number; factor?: number; cap?: number };
   /** Abort a poll that got no answer after this many ms (the server answers within ~5.5 s). Default 30 000. */
@@ -185,6 +195,8 @@ export class PostboxClient {
   readonly clientId: string;
   /** The id of the last event handed to handlers, sent as `last_event_id`; null before the first. */
   readonly lastEventId: string | null;
+  /** The highest sequence number up to which every event was handed to handlers; null before one. */
+  readonly lastSeq: number | null;
   /** Between start() and stop() (or a fatal error). */
   readonly running: boolean;
   /** Whether this tab holds the server connection (the leader, or any running unshared client). */
@@ -207,6 +219,17 @@ export class PostboxClient {
 }
 
 /** Every error the client reports. */
+/** The numbers of the user's sequence seen so far, and whether some are missing. */
+export class SequenceTracker {
+  constructor(last?: number | null, options?: { maxAhead?: number });
+  /** Every number up to this one was seen; null before the first. */
+  readonly last: number | null;
+  readonly hasGap: boolean;
+  /** Records a number; returns whether numbers are missing now. */
+  see(seq: number | undefined): boolean;
+  reset(last: number | null): void;
+}
+
 export class PostboxError extends Error {
   constructor(
     code: string,

@@ -15,7 +15,12 @@
  *   acknowledges it and everything before it. The cursor is kept in sessionStorage, so a reload resumes.
  * - Dedupe: an event may be delivered again (same id); the client remembers the last 1000 ids and calls
  *   your handlers once per id.
- * - Gaps: a `resync` event (the server dropped events) calls `onResync(info)`: reload state from REST.
+ * - Gaps: every stored event carries `seq`, the next number of the user's sequence. A jump (41, then 44),
+ *   or a `resync` naming the lost range (`seq_from`..`seq_to`), is filled from
+ *   `GET poll/missed/?after=41` after a short grace (`gapGraceMs`, 1 s: events of concurrent senders may
+ *   arrive out of order), and the missing events reach your handlers like any other (once per id). Only
+ *   when the range is no longer kept (or a loss has no range) does a `resync` reach `onResync(info)` and
+ *   the `resync` handlers: reload state from REST then.
  * - Errors: 401/403 stop the client (`unauthorized` / `error` events). Network errors and 5xx are retried
  *   with exponential backoff and full jitter (500 ms doubling to 30 s, reset after a success); 429 and 503
  *   wait at least `Retry-After`.
@@ -34,6 +39,7 @@ const API = '/api/v1/communication';
 const EVENTS_PATH = `${API}/poll/events/`;
 const DISCONNECT_PATH = `${API}/poll/disconnect/`;
 const SSE_PATH = `${API}/sse/events/`;
+const MISSED_PATH = `${API}/poll/missed/`;
 
 /** What the server accepts as a client id. */
 const CLIENT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -417,6 +423,46 @@ export class TabCoordinator {
   }
 }
 
+/**
+ * The numbers of the user's sequence seen so far: `last` is the highest number up to which every one
+ * was seen; numbers seen beyond it wait in `ahead` until the ones between arrive (or are filled).
+ */
+export class SequenceTracker {
+  constructor(last = null, { maxAhead = 10000 } = {}) {
+    this.last = Number.isInteger(last) && last >= 0 ? last : null;
+    this._ahead = new Set();
+    this._maxAhead = maxAhead;
+  }
+
+  /** Records a number; returns whether numbers are missing now. */
+  see(seq) {
+    if (!Number.isInteger(seq) || seq < 1) return this.hasGap;
+    if (this.last === null) {
+      this.last = seq;
+      return this.hasGap;
+    }
+    if (seq <= this.last) return this.hasGap;
+    this._ahead.add(seq);
+    while (this._ahead.has(this.last + 1)) {
+      this._ahead.delete(this.last + 1);
+      this.last += 1;
+    }
+    if (this._ahead.size > this._maxAhead) this.reset(Math.max(...this._ahead));
+    return this.hasGap;
+  }
+
+  /** Whether a number between `last` and the highest seen is missing. */
+  get hasGap() {
+    return this._ahead.size > 0;
+  }
+
+  /** Starts again from `last` (after a reload from REST). */
+  reset(last) {
+    this.last = Number.isInteger(last) ? last : null;
+    this._ahead.clear();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The client
 // ---------------------------------------------------------------------------------------------------
@@ -471,6 +517,12 @@ export class PostboxClient {
     this._clientId = o.clientId ?? savedId ?? generateClientId(this._random);
     // The cursor belongs to the client id it was saved with.
     this._lastEventId = savedId === this._clientId && typeof saved.lastEventId === 'string' ? saved.lastEventId : null;
+    // The sequence is the user's, whichever client id reads it.
+    this._seq = new SequenceTracker(saved.lastSeq);
+    this._gapGraceMs = o.gapGraceMs ?? 1000;
+    this._fillFrom = null;
+    this._fillResyncs = [];
+    this._filling = false;
     this._save();
 
     this._seen = new RecentIds(o.dedupeLimit ?? 1000);
@@ -497,6 +549,11 @@ export class PostboxClient {
   /** The id of the last event handed to handlers (sent as `last_event_id`), or null. */
   get lastEventId() {
     return this._lastEventId;
+  }
+
+  /** The highest number of the user's sequence up to which every event was handed over, or null. */
+  get lastSeq() {
+    return this._seq.last;
   }
 
   /** Whether start() was called and neither stop() nor a fatal error happened since. */
@@ -895,9 +952,121 @@ export class PostboxClient {
     if (!event || typeof event !== 'object' || typeof event.event !== 'string') return;
     const id = event.id == null || event.id === '' ? null : String(event.id);
     const fresh = id === null || this._seen.add(id);
+    if (fresh && fromServer && this._fillable(event)) {
+      // A loss with a range: fetched instead of announced (announced only if it cannot be).
+      if (id !== null) this._lastEventId = id;
+      this._requestFill(event.data.seq_from - 1, event);
+      this._sendState();
+      return;
+    }
     if (fresh) this._dispatch(event);
     if (id !== null) this._lastEventId = id;
     if (fromServer && this._shared && this._coordinator) {
+      this._coordinator.send({ type: 'event', event, clientId: this._clientId, lastEventId: this._lastEventId });
+    }
+    if (this._seq.see(event.seq) && fromServer) this._requestFill();
+  }
+
+  /** A `resync` whose lost events carried numbers, which `poll/missed/` may still keep. */
+  _fillable(event) {
+    const data = event.data;
+    return (
+      event.event === 'resync' &&
+      data !== null &&
+      typeof data === 'object' &&
+      Number.isInteger(data.seq_from) &&
+      data.seq_from >= 1 &&
+      !data.lost_unknown
+    );
+  }
+
+  /**
+   * Fills the missing numbers (after `after`, or after the tracker's `last`) from `poll/missed/`, after
+   * the grace period; one fill at a time.
+   */
+  _requestFill(after, resync) {
+    if (Number.isInteger(after)) this._fillFrom = this._fillFrom === null ? after : Math.min(this._fillFrom, after);
+    if (resync) this._fillResyncs.push(resync);
+    if (this._filling) return;
+    this._filling = true;
+    this._fillLoop()
+      .catch((err) => this._report(new PostboxError('internal_error', String(err), { cause: err })))
+      .finally(() => {
+        this._filling = false;
+      });
+  }
+
+  async _fillLoop() {
+    await this._sleep(this._gapGraceMs);
+    while (this._running) {
+      let after = this._fillFrom;
+      this._fillFrom = null;
+      if (after === null) {
+        if (!this._seq.hasGap) break;
+        after = this._seq.last;
+      }
+      const resyncs = this._fillResyncs.splice(0);
+      const outcome = await this._fetchMissed(after);
+      if (outcome === 'filled') continue;
+      // Not kept any more, or not reachable now: announce, so the application reloads from REST.
+      const announced = resyncs.length
+        ? resyncs
+        : [{ id: null, event: 'resync', data: { reason: 'missed', lost: null, lost_unknown: true, since: null, seq_from: after + 1 }, timestamp: null }];
+      for (const event of announced) this._announce(event);
+      if (outcome === 'error') {
+        this._seq.reset(this._seq.last);
+        break;
+      }
+    }
+  }
+
+  /** Fetches and hands over the events after `after`: 'filled', 'gone' (not kept) or 'error'. */
+  async _fetchMissed(after) {
+    let cursor = after;
+    for (let page = 0; page < 100; page += 1) {
+      let body;
+      try {
+        const res = await this._fetch(`${this._url(MISSED_PATH)}?after=${cursor}`, {
+          method: 'GET',
+          headers: this._headers(),
+          cache: 'no-store',
+        });
+        if (!res.ok) throw await errorFromResponse(res);
+        body = await res.json();
+      } catch (err) {
+        this._report(err instanceof PostboxError ? err : new PostboxError('network_error', `Postbox missed events failed: ${err && err.message ? err.message : err}`, { cause: err }));
+        return 'error';
+      }
+      if (!body || !Array.isArray(body.events)) return 'error';
+      if (body.kept === false) {
+        this._seq.reset(Number.isInteger(body.last_seq) ? body.last_seq : null);
+        return 'gone';
+      }
+      for (const event of body.events) {
+        this._deliver(event);
+        if (Number.isInteger(event.seq)) cursor = Math.max(cursor, event.seq);
+      }
+      this._save();
+      if (!body.more) return 'filled';
+    }
+    return 'filled';
+  }
+
+  /** A resync held back while its range was fetched: handed over now, to this tab and the others. */
+  _announce(event) {
+    this._dispatch(event);
+    if (this._shared && this._coordinator) {
+      this._coordinator.send({ type: 'event', event, clientId: this._clientId, lastEventId: this._lastEventId });
+    }
+  }
+
+  /** An event that did not come through the postbox: handed over once per id, the cursor untouched. */
+  _deliver(event) {
+    if (!event || typeof event !== 'object' || typeof event.event !== 'string') return;
+    const id = event.id == null || event.id === '' ? null : String(event.id);
+    if (id === null || this._seen.add(id)) this._dispatch(event);
+    this._seq.see(event.seq);
+    if (this._shared && this._coordinator) {
       this._coordinator.send({ type: 'event', event, clientId: this._clientId, lastEventId: this._lastEventId });
     }
   }
@@ -976,7 +1145,10 @@ export class PostboxClient {
   _save() {
     if (!this._storage) return;
     try {
-      this._storage.setItem(this._storageKey, JSON.stringify({ clientId: this._clientId, lastEventId: this._lastEventId }));
+      this._storage.setItem(
+        this._storageKey,
+        JSON.stringify({ clientId: this._clientId, lastEventId: this._lastEventId, lastSeq: this._seq.last }),
+      );
     } catch {
       // quota or privacy mode: the cursor just does not survive a reload
     }

@@ -15,6 +15,7 @@ mod m20261124_000007_token_revocations;
 mod m20261124_000008_attachment_sizes;
 mod m20261202_000001_undelivered_index;
 mod m20261204_000001_outbox_retries;
+mod m20261204_000002_sequences;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000008_attachment_sizes::Migration),
             Box::new(m20261202_000001_undelivered_index::Migration),
             Box::new(m20261204_000001_outbox_retries::Migration),
+            Box::new(m20261204_000002_sequences::Migration),
         ]
     }
 }

@@ -262,6 +262,7 @@ mod tests {
             last_seen_at: None,
             online_until: None,
             is_online: false,
+            last_seq: 0,
         }
     }
 

@@ -218,5 +218,9 @@ fn background_tasks(service: &Service, shutdown: &CancellationToken) -> Supervis
     tasks.spawn("attachment sweep", move || {
         chat::attachments::run_sweeper(db.clone(), store.clone(), every, grace, stop.clone())
     });
+    let (db, stop, keep) = (state.db.clone(), shutdown.clone(), config.event_retention());
+    tasks.spawn("sequence sweep", move || {
+        delivery::sequence::run_sweeper(db.clone(), keep, stop.clone())
+    });
     tasks
 }

@@ -23,6 +23,8 @@ pub struct DeadLetter {
     pub reason: String,
     /// The lost event's creation time, when known.
     pub since: Option<f64>,
+    /// The lost event's number in its user's sequence, when it had one.
+    pub seq: Option<i64>,
     /// An ephemeral event (typing, presence, delivered): it expires by design.
     pub ephemeral: bool,
 }
@@ -98,6 +100,7 @@ where
                     queue,
                     reason,
                     since: message::timestamp_of(&delivery.properties, &delivery.data),
+                    seq: message::seq_of(&delivery.properties),
                     ephemeral: message::is_ephemeral(headers),
                 })
                 .await

@@ -11,6 +11,7 @@
 //! | header `x-postbox-ts` (double) | creation time, seconds since the Unix epoch |
 //! | headers `x-postbox-message`, `x-postbox-receiver` (long) | the chat message a `message` event hands to its receiver |
 //! | header `x-postbox-expires-at` (long, ms) | an ephemeral event's expiry (typing, presence, delivered) |
+//! | header `x-postbox-seq` (long) | the event's number in its user's sequence, when it has one |
 //!
 //! A message without `message_id` was written by an earlier version of Postbox, whose body is the whole
 //! envelope (`{"id","event","data","timestamp"}`): it is read by parsing the body.
@@ -32,6 +33,8 @@ const TIMESTAMP_HEADER: &str = "x-postbox-ts";
 /// Headers carrying the chat message a `message` event hands to its receiver.
 const MESSAGE_HEADER: &str = "x-postbox-message";
 const RECEIVER_HEADER: &str = "x-postbox-receiver";
+/// Header carrying the event's number in its user's sequence.
+const SEQ_HEADER: &str = "x-postbox-seq";
 
 /// The properties of an event's message: `delivery_mode` 2 (persistent: it survives a broker restart
 /// in a durable queue) or 1 (in memory).
@@ -47,6 +50,9 @@ pub fn properties(event: &Envelope, delivery_mode: u8) -> BasicProperties {
             RECEIVER_HEADER.into(),
             AMQPValue::LongLongInt(mark.receiver_id),
         );
+    }
+    if let Some(seq) = event.seq {
+        headers.insert(SEQ_HEADER.into(), AMQPValue::LongLongInt(seq));
     }
     BasicProperties::default()
         .with_delivery_mode(delivery_mode)
@@ -76,6 +82,7 @@ pub struct Received<'a> {
     /// The event's `data` as JSON.
     pub data: Cow<'a, [u8]>,
     pub mark: Option<DeliveryMark>,
+    pub seq: Option<i64>,
 }
 
 impl<'a> Received<'a> {
@@ -87,12 +94,20 @@ impl<'a> Received<'a> {
             timestamp: event.timestamp,
             data: Cow::Borrowed(event.data.get().as_bytes()),
             mark: event.mark,
+            seq: event.seq,
         }
     }
 
     /// Appends the event as clients get it to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        crate::events::write_envelope(out, &self.id, &self.kind, &self.data, self.timestamp);
+        crate::events::write_envelope(
+            out,
+            &self.id,
+            &self.kind,
+            &self.data,
+            self.timestamp,
+            self.seq,
+        );
     }
 
     /// The event as clients get it.
@@ -131,6 +146,7 @@ pub fn read(d: &Delivery) -> Option<Received<'_>> {
         timestamp,
         data: Cow::Borrowed(&d.data),
         mark,
+        seq: long(SEQ_HEADER),
     })
 }
 
@@ -173,6 +189,14 @@ pub fn timestamp_of(properties: &BasicProperties, body: &[u8]) -> Option<f64> {
     }
 }
 
+/// The sequence number of a dead-lettered event, when it has one.
+pub fn seq_of(properties: &BasicProperties) -> Option<i64> {
+    match properties.headers().as_ref()?.inner().get(SEQ_HEADER)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        _ => None,
+    }
+}
+
 /// An event written by an earlier version: the body is the whole envelope.
 fn read_legacy(body: &[u8]) -> Option<Received<'static>> {
     let e = Envelope::from_json(body).ok()?;
@@ -182,6 +206,7 @@ fn read_legacy(body: &[u8]) -> Option<Received<'static>> {
         timestamp: e.timestamp,
         data: Cow::Owned(e.data.get().as_bytes().to_vec()),
         mark: e.mark,
+        seq: e.seq,
     })
 }
 

@@ -48,6 +48,19 @@ impl Broker {
                 self.publish_with(&devices_routing_key(*id), body, props, false)
                     .await
             }
+            Audience::Members(users) => {
+                // Only the postboxes that exist, as a broadcast's bindings would reach.
+                let props = message::properties(event, self.inner.broadcast_mode);
+                let results = futures_util::future::join_all(users.iter().map(|&id| {
+                    let props = props.clone();
+                    async move {
+                        self.publish_with(&user_routing_key(id), body, props, false)
+                            .await
+                    }
+                }))
+                .await;
+                results.into_iter().collect()
+            }
             Audience::College(id) => self.publish_group(&college_routing_key(*id), event).await,
             Audience::Staff => self.publish_group(STAFF_ROUTING_KEY, event).await,
         }
@@ -239,6 +252,8 @@ mod tests {
             lost: 0,
             lost_unknown: false,
             since: None,
+            seq_from: None,
+            seq_to: None,
         })
     }
 

@@ -6,12 +6,13 @@ use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};
 use super::{DbError, entities::gap};
 
 /// Adds a loss to a queue's gap: `lost` events of known count (0 when unknown), the creation time of
-/// the oldest, and the cause.
+/// the oldest, its sequence number when it had one, and the cause.
 pub async fn record(
     db: &DatabaseConnection,
     queue: &str,
     lost: i64,
     since: Option<f64>,
+    seq: Option<i64>,
     reason: &str,
 ) -> Result<(), DbError> {
     let txn = super::begin_write(db).await?;
@@ -31,6 +32,14 @@ pub async fn record(
                 (a, b) => a.or(b),
             });
             active.reasons = Set(joined);
+            active.seq_from = Set(match (g.seq_from, seq) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            });
+            active.seq_to = Set(match (g.seq_to, seq) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            });
             active.updated_at = Set(now);
             active.update(&txn).await?;
         }
@@ -41,6 +50,8 @@ pub async fn record(
                 unknown: Set(i64::from(lost == 0)),
                 since: Set(since),
                 reasons: Set(reason.to_owned()),
+                seq_from: Set(seq),
+                seq_to: Set(seq),
                 updated_at: Set(now),
             }
             .insert(&txn)

@@ -11,6 +11,7 @@ pub mod entities;
 pub mod gaps;
 pub mod notifications;
 pub mod outbox;
+pub mod sequence;
 pub mod support;
 pub mod users;
 

@@ -3,18 +3,23 @@
 //! (`crate::delivery::outbox`).
 //!
 //! A row holds the event's envelope as JSON and its audience as text, this module's own format
-//! (`user.1 user.2` for users, `devices.1` for a user's registered clients, `college.5`, `group.staff`),
+//! (`user.1 user.2` for users, `devices.1` for a user's registered clients, `member.4` for a member's
+//! copy of a broadcast, `college.5`, `group.staff`),
 //! which older rows share.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 
-use super::{DbError, entities::outbox};
+use super::{
+    DbError,
+    entities::outbox,
+    sequence::{self, Recipients},
+};
 use crate::events::{Audience, Envelope};
 
 /// An event to publish once the transaction that stored its data has committed.
@@ -56,37 +61,76 @@ pub struct ParkedRow {
     pub last_error: Option<String>,
 }
 
-/// Adds `event` to the outbox inside the caller's transaction, one row per audience (all the users of
-/// one audience share a row: published to each of their postboxes).
+/// Adds `event` to the outbox inside the caller's transaction. Users get it under the next number of
+/// their sequence (`super::sequence`), one row each; a college or the staff group is expanded to its
+/// members now, each with their own number, published to the postboxes they have
+/// ([`Audience::Members`]); a user's devices share one row, without a number.
 pub async fn insert<C: ConnectionTrait>(
     db: &C,
     audiences: Vec<Audience>,
     event: Envelope,
 ) -> Result<Vec<PendingEvent>, DbError> {
-    let event = Arc::new(event);
-    let payload = String::from_utf8(event.to_json()).expect("event envelopes are JSON text");
-    let mut pending = Vec::with_capacity(audiences.len());
+    let mut copies: Vec<(Audience, Envelope)> = Vec::new();
     for audience in audiences {
-        let row = outbox::ActiveModel {
-            routing_key: Set(audience_text(&audience)),
-            payload: Set(payload.clone()),
-            created_at: Set(Utc::now()),
-            attempts: Set(0),
-            next_attempt_at: Set(None),
-            parked_at: Set(None),
-            last_error: Set(None),
-            ..Default::default()
+        let (recipients, members) = match &audience {
+            Audience::Users(ids) => (Recipients::Users(ids), false),
+            Audience::Members(ids) => (Recipients::Users(ids), true),
+            Audience::College(id) => (Recipients::College(*id), true),
+            Audience::Staff => (Recipients::Staff, true),
+            Audience::Devices(_) => {
+                copies.push((audience, event.clone()));
+                continue;
+            }
+        };
+        let numbered = sequence::assign(db, recipients, &event).await?;
+        if let Audience::Users(ids) = &audience {
+            // A user without a row has no sequence: the event still goes to their postbox.
+            for id in ids {
+                if !numbered.iter().any(|(user_id, _)| user_id == id) {
+                    copies.push((Audience::Users(vec![*id]), event.clone()));
+                }
+            }
         }
-        .insert(db)
-        .await?;
-        pending.push(PendingEvent {
-            outbox_id: row.id,
-            audience,
-            event: event.clone(),
-        });
+        for (user_id, copy) in numbered {
+            let to = match members {
+                true => Audience::Members(vec![user_id]),
+                false => Audience::Users(vec![user_id]),
+            };
+            copies.push((to, copy));
+        }
+    }
+    let now = Utc::now();
+    let mut pending = Vec::with_capacity(copies.len());
+    for chunk in copies.chunks(ROWS_PER_STATEMENT) {
+        let rows =
+            chunk.iter().map(|(audience, event)| outbox::ActiveModel {
+                routing_key: Set(audience_text(audience)),
+                payload: Set(
+                    String::from_utf8(event.to_json()).expect("event envelopes are JSON text")
+                ),
+                created_at: Set(now),
+                attempts: Set(0),
+                next_attempt_at: Set(None),
+                parked_at: Set(None),
+                last_error: Set(None),
+                ..Default::default()
+            });
+        let inserted = outbox::Entity::insert_many(rows)
+            .exec_with_returning(db)
+            .await?;
+        for (row, (audience, event)) in inserted.into_iter().zip(chunk) {
+            pending.push(PendingEvent {
+                outbox_id: row.id,
+                audience: audience.clone(),
+                event: Arc::new(event.clone()),
+            });
+        }
     }
     Ok(pending)
 }
+
+/// Rows per insert statement (SQLite's limit on bound parameters).
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// Removes outbox rows whose events RabbitMQ confirmed.
 pub async fn delete(db: &DatabaseConnection, ids: &[i64]) -> Result<(), DbError> {
@@ -245,6 +289,11 @@ fn audience_text(audience: &Audience) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         Audience::Devices(id) => format!("devices.{id}"),
+        Audience::Members(ids) => ids
+            .iter()
+            .map(|id| format!("member.{id}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         Audience::College(id) => format!("college.{id}"),
         Audience::Staff => "group.staff".to_owned(),
     }
@@ -260,6 +309,13 @@ fn parse_audience(text: &str) -> Option<Audience> {
     }
     if let Some(id) = text.strip_prefix("devices.") {
         return id.parse().ok().map(Audience::Devices);
+    }
+    if text.starts_with("member.") {
+        let members = text
+            .split(' ')
+            .map(|key| key.strip_prefix("member.")?.parse().ok())
+            .collect::<Option<Vec<i64>>>()?;
+        return Some(Audience::Members(members));
     }
     let users = text
         .split(' ')

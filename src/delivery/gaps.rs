@@ -7,8 +7,9 @@
 //! vanished (deleted by an operator, evicted) records a `queue_deleted` gap when polled.
 //!
 //! The next poll of a postbox with a gap answers at once with a `resync` event first:
-//! `{"reason": "maxlen,expired", "lost": 50, "lost_unknown": false, "since": <timestamp>}`: the client
-//! should reload what it shows from the REST API (conversations, history `since`). The gap is cleared
+//! `{"reason": "maxlen,expired", "lost": 50, "lost_unknown": false, "since": <timestamp>,
+//! "seq_from": 41, "seq_to": 90}`: the client fetches the range from `GET poll/missed/?after=40`, or,
+//! when that is no longer kept (or the loss has no range), reloads what it shows from the REST API. The gap is cleared
 //! once that answer was handed over. Ephemeral events (typing, presence, delivery notices) expire by
 //! design and are not gaps.
 
@@ -32,6 +33,8 @@ pub fn resync_event(gap: &gap::Model) -> Envelope {
         lost: gap.lost,
         lost_unknown: gap.unknown > 0,
         since: gap.since,
+        seq_from: gap.seq_from,
+        seq_to: gap.seq_to,
     })
 }
 
@@ -92,7 +95,8 @@ pub async fn record_dead_letters(
                 if letter.ephemeral {
                     return true;
                 }
-                match db::gaps::record(&db, &letter.queue, 1, letter.since, &letter.reason).await {
+                match db::gaps::record(&db, &letter.queue, 1, letter.since, letter.seq, &letter.reason)
+                    .await {
                     Ok(()) => {
                         metrics::counter!(names::EVENTS_DROPPED, "reason" => letter.reason.clone())
                             .increment(1);

@@ -13,6 +13,7 @@ pub mod delivered;
 pub mod gaps;
 pub mod outbox;
 pub mod presence;
+pub mod sequence;
 pub mod waiting;
 
 use std::sync::Arc;
@@ -34,7 +35,10 @@ use crate::{
         message::Received,
     },
     config::Config,
-    db::{self, DbError, entities::gap},
+    db::{
+        self, DbError,
+        entities::{gap, user},
+    },
     events::{Envelope, unix_now},
     limits::{PollSlot, PollSlots, RateLimited},
     telemetry::names,
@@ -63,6 +67,9 @@ pub enum DeliveryError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
+
+/// The most events one `missed` answer carries.
+pub const MISSED_PAGE: u64 = 500;
 
 /// Delivery's slice of the configuration.
 #[derive(Debug, Clone)]
@@ -205,10 +212,24 @@ impl Delivery {
             && !self.broker.hub().has_slot(&queue)
             && !self.broker.queue_exists(&queue).await?
         {
-            db::gaps::record(&self.db, &queue, 0, None, "queue_deleted").await?;
+            db::gaps::record(&self.db, &queue, 0, None, None, "queue_deleted").await?;
         }
         let gap = gaps::pending(&self.gaps, &self.broker, &queue).await?;
         Ok((postbox, gap))
+    }
+
+    /// The stored events of `user`'s sequence after `after` (at most `limit`, oldest first): what a
+    /// client fills a jump in the numbers it saw with.
+    pub async fn missed(
+        &self,
+        user: &user::Model,
+        after: i64,
+        limit: u64,
+    ) -> Result<db::sequence::Missed, DeliveryError> {
+        if after < 0 {
+            return Err(Invalid::new("after", "must be a sequence number, 0 or more").into());
+        }
+        Ok(db::sequence::after(&self.db, user.id, after, limit.clamp(1, MISSED_PAGE)).await?)
     }
 
     /// Registers a client of `user` (a random id when none is given) and creates its postbox now, so

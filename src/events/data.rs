@@ -96,6 +96,12 @@ pub struct Resync {
     pub lost_unknown: bool,
     /// Creation time (seconds since the epoch) of the oldest lost event, when known.
     pub since: Option<f64>,
+    /// The lowest and highest sequence numbers lost, when the lost events carried them: fetch them
+    /// from `GET poll/missed/?after=<seq_from - 1>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_to: Option<i64>,
 }
 
 impl EventData for Resync {

@@ -42,6 +42,11 @@ pub struct Event {
     pub data: serde_json::Value,
     /// Seconds since the Unix epoch when the event was created.
     pub timestamp: f64,
+    /// The event's number in its user's sequence: every stored event a user receives (`message`,
+    /// `read_receipt`, `notification`, `support_*`) has the next one, so a jump says what was missed
+    /// (`GET poll/missed/?after=`). Ephemeral events and copies of the user's own actions carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
 }
 
 impl Event {
@@ -60,6 +65,7 @@ impl Event {
             event: event.to_owned(),
             data,
             timestamp: unix_now(),
+            seq: None,
         }
     }
 
@@ -77,10 +83,16 @@ pub enum Audience {
     /// (a message they sent, their read receipt) for their other devices. Clients that do not register
     /// (the seeds') know nothing of their own events and get none.
     Devices(i64),
-    /// Every member of a college: one publish, which RabbitMQ's bindings fan out.
+    /// Every member of a college: one publish, which RabbitMQ's bindings fan out. A stored event for
+    /// a college is expanded to its [`Audience::Members`] instead (each copy carries the member's
+    /// sequence number).
     College(i64),
-    /// Every staff member and admin (the support desk's agents): one publish, fanned out too.
+    /// Every staff member and admin (the support desk's agents): one publish, fanned out too; expanded
+    /// like [`Audience::College`] when stored.
     Staff,
+    /// The postboxes these users have now, none created: a stored broadcast, one copy per member,
+    /// persistent or transient as `POSTBOX_BROADCAST_DELIVERY` says.
+    Members(Vec<i64>),
 }
 
 /// A chat message to mark delivered once an event carrying it reaches its receiver's client.
@@ -102,6 +114,8 @@ pub struct Envelope {
     pub timestamp: f64,
     pub data: Box<serde_json::value::RawValue>,
     pub mark: Option<DeliveryMark>,
+    /// The event's number in its user's sequence, once stored for one user.
+    pub seq: Option<i64>,
 }
 
 impl Envelope {
@@ -113,6 +127,7 @@ impl Envelope {
             timestamp: unix_now(),
             data: serde_json::value::to_raw_value(data).expect("event payloads always serialise"),
             mark: data.delivery_mark(),
+            seq: None,
         }
     }
 
@@ -124,10 +139,20 @@ impl Envelope {
             timestamp: unix_now(),
             data: serde_json::value::to_raw_value(data).expect("JSON values always serialise"),
             mark: None,
+            seq: None,
         }
     }
 
-    /// The event as clients get it, `{"id","event","data","timestamp"}` (seed 001's envelope).
+    /// The same event under one user's sequence number.
+    pub fn with_seq(&self, seq: i64) -> Self {
+        Envelope {
+            seq: Some(seq),
+            ..self.clone()
+        }
+    }
+
+    /// The event as clients get it, `{"id","event","data","timestamp"}` (seed 001's envelope), and
+    /// `"seq"` when it has one.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::new();
         write_envelope(
@@ -136,6 +161,7 @@ impl Envelope {
             &self.kind,
             self.data.get().as_bytes(),
             self.timestamp,
+            self.seq,
         );
         out
     }
@@ -148,6 +174,8 @@ impl Envelope {
             event: String,
             data: Box<serde_json::value::RawValue>,
             timestamp: f64,
+            #[serde(default)]
+            seq: Option<i64>,
         }
         #[derive(Deserialize)]
         struct Carried {
@@ -173,13 +201,21 @@ impl Envelope {
             timestamp: e.timestamp,
             data: e.data,
             mark,
+            seq: e.seq,
         })
     }
 }
 
-/// Appends `{"id":…,"event":…,"data":…,"timestamp":…}` to `out`, from its parts, `data` taken as the
-/// JSON it is.
-pub fn write_envelope(out: &mut Vec<u8>, id: &str, kind: &str, data: &[u8], timestamp: f64) {
+/// Appends `{"id":…,"event":…,"data":…,"timestamp":…}` (and `"seq":…` when given) to `out`, from its
+/// parts, `data` taken as the JSON it is.
+pub fn write_envelope(
+    out: &mut Vec<u8>,
+    id: &str,
+    kind: &str,
+    data: &[u8],
+    timestamp: f64,
+    seq: Option<i64>,
+) {
     let text = |s: &str| serde_json::to_string(s).expect("strings serialise");
     out.reserve(data.len() + id.len() + kind.len() + 64);
     out.extend_from_slice(b"{\"id\":");
@@ -194,6 +230,10 @@ pub fn write_envelope(out: &mut Vec<u8>, id: &str, kind: &str, data: &[u8], time
             .expect("numbers serialise")
             .as_bytes(),
     );
+    if let Some(seq) = seq {
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(seq.to_string().as_bytes());
+    }
     out.push(b'}');
 }
 

@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(events))
         .routes(routes!(register))
+        .routes(routes!(missed))
         .routes(routes!(test))
         .routes(routes!(disconnect))
 }
@@ -271,6 +272,75 @@ async fn register(
             user_id: user.id,
         }),
     ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct MissedParams {
+    /// The last sequence number the client has (`seq` of an event); 0 for everything kept.
+    after: i64,
+    /// The most events to return (1 to 500; default 500).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u64>,
+}
+
+/// The stored events of the caller's sequence after a number.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MissedResponse {
+    /// The events after `after`, oldest first, as a poll carries them (each with its `seq`).
+    #[schema(value_type = Vec<Event>)]
+    pub events: Vec<Box<serde_json::value::RawValue>>,
+    /// The caller's last sequence number now.
+    pub last_seq: i64,
+    /// `false` when events right after `after` are no longer kept (older than the retention,
+    /// `POSTBOX_EVENT_RETENTION_SECS`): reload what you show from the REST API instead.
+    pub kept: bool,
+    /// `true` when `limit` cut the answer: ask again after the last `seq` returned.
+    pub more: bool,
+}
+
+/// Events missed: fill a jump in the sequence.
+///
+/// Every stored event a user receives (`message`, `read_receipt`, `notification`, `support_*`) carries
+/// the next number of the user's sequence as `seq`. A client that saw 41 and then 44, or a `resync`
+/// with `seq_from: 42`, asks for `?after=41` and gets the events it lacks (the same ids as in the
+/// postbox: dedupe by `id`). Events are kept for `POSTBOX_EVENT_RETENTION_SECS` (a day by default,
+/// never less than a postbox keeps them); `kept: false` says the range is gone.
+#[utoipa::path(
+    get,
+    path = "/poll/missed/",
+    tag = "poll",
+    params(MissedParams),
+    responses(
+        (status = 200, description = "The events after `after`", body = MissedResponse),
+        (status = 400, description = "Invalid `after` or `limit`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    ),
+    security(("token" = []), ("token_query" = []))
+)]
+async fn missed(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(params): Query<MissedParams>,
+) -> Result<axum::Json<MissedResponse>, ApiError> {
+    let limit = params.limit.unwrap_or(crate::delivery::MISSED_PAGE);
+    if !(1..=crate::delivery::MISSED_PAGE).contains(&limit) {
+        return Err(ApiError::field("limit", "must be from 1 to 500"));
+    }
+    let found = state.delivery.missed(&user, params.after, limit).await?;
+    let events = found
+        .events
+        .into_iter()
+        .map(serde_json::value::RawValue::from_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(format!("a kept event is not JSON: {e}")))?;
+    let more = !found.swept && !found.complete;
+    Ok(axum::Json(MissedResponse {
+        events,
+        last_seq: found.last_seq,
+        kept: !found.swept,
+        more,
+    }))
 }
 
 /// The seed's test answer.

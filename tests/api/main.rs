@@ -19,6 +19,7 @@ mod notifications;
 mod openapi;
 mod ops;
 mod poll;
+mod sequence;
 mod sse;
 mod support;
 mod text;

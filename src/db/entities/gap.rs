@@ -14,6 +14,9 @@ pub struct Model {
     pub since: Option<f64>,
     /// Comma-separated causes: `maxlen`, `expired`, `queue_deleted`.
     pub reasons: String,
+    /// The range of the user's sequence numbers lost, when the lost events carried them.
+    pub seq_from: Option<i64>,
+    pub seq_to: Option<i64>,
     pub updated_at: DateTimeUtc,
 }
 

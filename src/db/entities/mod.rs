@@ -12,3 +12,4 @@ pub mod service_token;
 pub mod support_chat;
 pub mod support_message;
 pub mod user;
+pub mod user_event;

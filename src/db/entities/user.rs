@@ -14,6 +14,8 @@ pub struct Model {
     pub last_seen_at: Option<DateTimeUtc>,
     pub online_until: Option<DateTimeUtc>,
     pub is_online: bool,
+    /// The last number of this user's event sequence handed out (`crate::db::sequence`).
+    pub last_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
