@@ -259,7 +259,8 @@ pub struct Config {
     #[arg(long, env = "POSTBOX_PUBLISH_CHANNELS", default_value_t = 32)]
     pub publish_channels: usize,
 
-    /// How broadcasts (college notifications, support messages to the agents) travel: `persistent`
+    /// How broadcasts (college notifications, support messages to the agents; one copy per member, in
+    /// the postboxes the member has) travel: `persistent`
     /// (on disk in every member's postbox, survives a broker restart) or `transient` (memory only: a
     /// fan-out to thousands of postboxes is several times faster, and a broker restart drops the ones
     /// not yet polled; the notification itself stays stored and listed).
