@@ -220,11 +220,15 @@ impl Broker {
         let Some(user_id) = user_of_routing_key(key) else {
             return;
         };
+        self.forget_user_queue(user_id);
+        if message::is_ephemeral(m.delivery.properties.headers().as_ref()) {
+            // Nobody polls that postbox: an ephemeral event for it is done (as its own publish does).
+            return;
+        }
         tracing::warn!(
             user_id,
             "a returned event came with another publish's confirm; publishing it again"
         );
-        self.forget_user_queue(user_id);
         let result = match self.declare_user_queue(user_id).await {
             Ok(()) => {
                 self.publish_with(key, &m.delivery.data, m.delivery.properties, true)

@@ -115,12 +115,23 @@ pub async fn insert<C: ConnectionTrait>(
                 last_error: Set(None),
                 ..Default::default()
             });
-        let inserted = outbox::Entity::insert_many(rows)
+        let mut inserted = outbox::Entity::insert_many(rows)
             .exec_with_returning(db)
             .await?;
-        for (row, (audience, event)) in inserted.into_iter().zip(chunk) {
+        // Each copy takes the row of its audience (the returned order is not promised; rows of one
+        // audience, if any share one, in id order).
+        inserted.sort_by_key(|r| r.id);
+        let mut taken = vec![false; inserted.len()];
+        for (audience, event) in chunk {
+            let key = audience_text(audience);
+            let Some(i) =
+                (0..inserted.len()).find(|&i| !taken[i] && inserted[i].routing_key == key)
+            else {
+                return Err(DbError::Other(sea_orm::DbErr::RecordNotInserted));
+            };
+            taken[i] = true;
             pending.push(PendingEvent {
-                outbox_id: row.id,
+                outbox_id: inserted[i].id,
                 audience: audience.clone(),
                 event: Arc::new(event.clone()),
             });
