@@ -128,7 +128,7 @@ literal_schema!(
         "type": "object",
         "additionalProperties": false,
         "properties": {
-            "display_name": {"type": ["string", "null"], "maxLength": 150, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$",
+            "display_name": {"type": ["string", "null"], "maxLength": 150, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
                              "description": "Shown to other users"},
             "college_id": {"type": ["integer", "null"], "format": "int64", "minimum": 0, "maximum": MAX_ID,
                            "description": "The user's college; `null` removes it. Moves the user's postboxes to the new college's broadcasts"},

@@ -277,6 +277,7 @@ async fn register(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct MissedParams {
     /// The last sequence number the client has (`seq` of an event); 0 for everything kept.
+    #[param(minimum = 0)]
     after: i64,
     /// The most events to return (1 to 500; default 500).
     #[param(minimum = 1, maximum = 500)]
