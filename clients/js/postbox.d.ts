@@ -224,6 +224,8 @@ export class SequenceTracker {
   constructor(last?: number | null, options?: { maxAhead?: number });
   /** Every number up to this one was seen; null before the first. */
   readonly last: number | null;
+  /** The highest number seen. */
+  readonly highest: number | null;
   readonly hasGap: boolean;
   /** Records a number; returns whether numbers are missing now. */
   see(seq: number | undefined): boolean;

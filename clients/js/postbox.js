@@ -451,6 +451,11 @@ export class SequenceTracker {
     return this.hasGap;
   }
 
+  /** The highest number seen. */
+  get highest() {
+    return this._ahead.size ? Math.max(this.last, ...this._ahead) : this.last;
+  }
+
   /** Whether a number between `last` and the highest seen is missing. */
   get hasGap() {
     return this._ahead.size > 0;
@@ -998,7 +1003,13 @@ export class PostboxClient {
 
   async _fillLoop() {
     await this._sleep(this._gapGraceMs);
-    while (this._running) {
+    // Bounded: a jump the server cannot close (it should not happen) is announced, not fetched forever.
+    for (let round = 0; this._running; round += 1) {
+      if (round === 10) {
+        this._announce({ id: null, event: 'resync', data: { reason: 'missed', lost: null, lost_unknown: true, since: null, seq_from: this._seq.last + 1 }, timestamp: null });
+        this._seq.reset(this._seq.highest);
+        break;
+      }
       let after = this._fillFrom;
       this._fillFrom = null;
       if (after === null) {
@@ -1014,7 +1025,7 @@ export class PostboxClient {
         : [{ id: null, event: 'resync', data: { reason: 'missed', lost: null, lost_unknown: true, since: null, seq_from: after + 1 }, timestamp: null }];
       for (const event of announced) this._announce(event);
       if (outcome === 'error') {
-        this._seq.reset(this._seq.last);
+        this._seq.reset(this._seq.highest);
         break;
       }
     }

@@ -100,4 +100,5 @@ test('a jump that cannot be fetched falls back to a resync', async () => {
   client.stop();
   assert.equal(resyncs[0].seq_from, 2);
   assert.equal(resyncs[0].lost_unknown, true);
+  assert.equal(client.lastSeq, 3, 'counting goes on from the highest number seen');
 });
