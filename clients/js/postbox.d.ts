@@ -33,6 +33,8 @@ export interface ResyncInfo {
   /** The lowest and highest sequence numbers lost, when the lost events carried them. */
   seq_from?: number;
   seq_to?: number;
+  /** How many lost events had no number (host events): those only a reload brings back. */
+  lost_unnumbered?: number;
   [key: string]: unknown;
 }
 

@@ -958,9 +958,12 @@ export class PostboxClient {
     const id = event.id == null || event.id === '' ? null : String(event.id);
     const fresh = id === null || this._seen.add(id);
     if (fresh && fromServer && this._fillable(event)) {
-      // A loss with a range: fetched instead of announced (announced only if it cannot be).
+      // A loss with a range: fetched instead of announced (announced only if it cannot be, or if
+      // events without a number were lost with it: those only a reload brings back).
       if (id !== null) this._lastEventId = id;
-      this._requestFill(event.data.seq_from - 1, event);
+      const unnumbered = Number.isInteger(event.data.lost_unnumbered) && event.data.lost_unnumbered > 0;
+      this._requestFill(event.data.seq_from - 1, unnumbered ? null : event);
+      if (unnumbered) this._announce(event);
       this._sendState();
       return;
     }

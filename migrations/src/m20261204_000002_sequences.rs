@@ -1,7 +1,8 @@
 //! A sequence per user that clients can check: `users.last_seq` is the last number handed out,
 //! `user_events` keeps every stored event a user received under its number (the envelope as JSON),
 //! for `GET poll/missed/?after=` until a sweep removes rows past their retention. `gaps` learns the
-//! range of numbers a postbox lost (`seq_from`..=`seq_to`), so a `resync` says what to fetch.
+//! range of numbers a postbox lost (`seq_from`..=`seq_to`), so a `resync` says what to fetch, and how
+//! many lost events had no number (`unnumbered`: those cannot be fetched).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -45,6 +46,7 @@ impl MigrationTrait for Migration {
         for column in [
             big_integer_null(Gaps::SeqFrom),
             big_integer_null(Gaps::SeqTo),
+            big_integer(Gaps::Unnumbered).default(0).to_owned(),
         ] {
             manager
                 .alter_table(
@@ -59,7 +61,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [Gaps::SeqFrom, Gaps::SeqTo] {
+        for column in [Gaps::SeqFrom, Gaps::SeqTo, Gaps::Unnumbered] {
             manager
                 .alter_table(
                     Table::alter()
@@ -104,4 +106,5 @@ enum Gaps {
     Table,
     SeqFrom,
     SeqTo,
+    Unnumbered,
 }

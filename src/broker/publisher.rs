@@ -258,6 +258,7 @@ mod tests {
             since: None,
             seq_from: None,
             seq_to: None,
+            lost_unnumbered: None,
         })
     }
 

@@ -40,6 +40,7 @@ pub async fn record(
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             });
+            active.unnumbered = Set(g.unnumbered + if seq.is_none() { lost } else { 0 });
             active.updated_at = Set(now);
             active.update(&txn).await?;
         }
@@ -52,6 +53,7 @@ pub async fn record(
                 reasons: Set(reason.to_owned()),
                 seq_from: Set(seq),
                 seq_to: Set(seq),
+                unnumbered: Set(if seq.is_none() { lost } else { 0 }),
                 updated_at: Set(now),
             }
             .insert(&txn)

@@ -9,7 +9,8 @@
 //! The next poll of a postbox with a gap answers at once with a `resync` event first:
 //! `{"reason": "maxlen,expired", "lost": 50, "lost_unknown": false, "since": <timestamp>,
 //! "seq_from": 41, "seq_to": 90}`: the client fetches the range from `GET poll/missed/?after=40`, or,
-//! when that is no longer kept (or the loss has no range), reloads what it shows from the REST API. The gap is cleared
+//! when that is no longer kept (or the loss has no range), reloads what it shows from the REST API;
+//! `"lost_unnumbered": 3` says that lost events without a number were among them (reload for those). The gap is cleared
 //! once that answer was handed over. Ephemeral events (typing, presence, delivery notices) expire by
 //! design and are not gaps.
 
@@ -35,6 +36,7 @@ pub fn resync_event(gap: &gap::Model) -> Envelope {
         since: gap.since,
         seq_from: gap.seq_from,
         seq_to: gap.seq_to,
+        lost_unnumbered: (gap.unnumbered > 0).then_some(gap.unnumbered),
     })
 }
 

@@ -102,6 +102,10 @@ pub struct Resync {
     pub seq_from: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq_to: Option<i64>,
+    /// How many of the lost events had no number (events of host applications, copies of the user's
+    /// own actions): those cannot be fetched, so reload what they showed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_unnumbered: Option<i64>,
 }
 
 impl EventData for Resync {

@@ -256,3 +256,31 @@ async fn events_past_their_retention_are_swept_and_missed_says_so() {
     // After the last number the client has, nothing is missing.
     assert_eq!(missed(&app, &bob, "after=1").await["kept"], true);
 }
+
+#[tokio::test]
+async fn a_lost_event_without_a_number_is_counted_apart() {
+    let app = spawn_app().await;
+    let alice = app.member("alice").await;
+    let bob = app.member("bob").await;
+    let (_, key) = app.service_token("host").await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/publish/"))
+        .header("Authorization", format!("Bearer {key}"))
+        .json(&json!({"event": "host_thing", "data": {"n": 1}, "users": [bob.id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The host event is the oldest in the postbox: the 101st event pushes it out.
+    for i in 1..=100 {
+        app.send_ok(&alice, bob.id, &format!("m{i}")).await;
+    }
+    crate::helpers::wait_for_gap(&app, &app.queue_name(&bob), 1).await;
+    let events = app.poll_events(&bob).await;
+    assert_eq!(events[0]["event"], "resync", "{:?}", events[0]);
+    let data = &events[0]["data"];
+    assert_eq!(data["lost"], 1);
+    assert_eq!(data["lost_unnumbered"], 1, "{data}");
+    assert!(data.get("seq_from").is_none(), "nothing to fetch: {data}");
+}

@@ -102,3 +102,20 @@ test('a jump that cannot be fetched falls back to a resync', async () => {
   assert.equal(resyncs[0].lost_unknown, true);
   assert.equal(client.lastSeq, 3, 'counting goes on from the highest number seen');
 });
+
+test('a resync that lost events without a number is filled and announced', async () => {
+  const resync = { id: 'r', event: 'resync', data: { reason: 'maxlen', lost: 3, lost_unknown: false, since: 1, seq_from: 3, seq_to: 4, lost_unnumbered: 1 }, timestamp: 1 };
+  const fetch = routedFetch(
+    [events(resync)],
+    [json(200, { events: [seqEv('c', 3), seqEv('d', 4)], last_seq: 4, kept: true, more: false })],
+  );
+  const got = [];
+  const resyncs = [];
+  const client = new PostboxClient(isolated({ fetch, onResync: (d) => resyncs.push(d) }));
+  client.on('message', (_data, event) => got.push(event.id));
+  client.start();
+  await until(() => got.length === 2 && resyncs.length === 1, 500, 'the fill and the resync');
+  client.stop();
+  assert.deepEqual(got, ['c', 'd']);
+  assert.equal(resyncs[0].lost_unnumbered, 1);
+});

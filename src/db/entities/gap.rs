@@ -17,6 +17,8 @@ pub struct Model {
     /// The range of the user's sequence numbers lost, when the lost events carried them.
     pub seq_from: Option<i64>,
     pub seq_to: Option<i64>,
+    /// Lost events that had no number (host events, copies for the user's devices): not fetchable.
+    pub unnumbered: i64,
     pub updated_at: DateTimeUtc,
 }
 
