@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, against real services: starts (or installs) RabbitMQ and PostgreSQL, then runs
 # every test on the embedded SQLite database and the API tests again on PostgreSQL, the JavaScript
-# client's tests, a real RabbitMQ restart under load, Postbox against TLS RabbitMQ nodes, and the demo
-# page in two headless browsers.
+# client's tests, a real RabbitMQ restart under load, the chaos run (short form) and its checker's
+# self-check, Postbox against TLS RabbitMQ nodes, and the demo page in two headless browsers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,15 @@ fi
 
 echo "== fault run: a real RabbitMQ restart under load (a private node)"
 scripts/fault-broker-restart.sh
+
+echo "== chaos run, short form (scripts/chaos.sh; the long run is in docs/delivery.md)"
+scripts/chaos.sh
+echo "== the chaos checker finds what clients that do not fill their gaps miss (this run must fail)"
+set +e
+CHAOS_DURATION=30 CHAOS_FAULTS=3 scripts/chaos.sh --no-fill --drain 8
+rc=$?
+set -e
+if [ "$rc" -ne 1 ]; then echo "the chaos checker did not report the losses (exit $rc)"; exit 1; fi
 
 echo "== TLS run: amqps:// and an https management API against private TLS nodes"
 scripts/tls-broker.sh
