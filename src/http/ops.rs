@@ -76,12 +76,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!(names::BROKER_CONNECTIONS, "state" => "idle").set(available as f64);
     let handle = telemetry::metrics();
     handle.run_upkeep();
+    let mut text = handle.render();
+    telemetry::process::render(&mut text);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        handle.render(),
+        text,
     )
         .into_response()
 }

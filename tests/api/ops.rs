@@ -74,6 +74,9 @@ async fn metrics_count_requests_publishes_and_polls() {
     );
     let text = r.text().await.unwrap();
     for name in [
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
         "postbox_http_requests_total{",
         "postbox_http_request_duration_seconds_bucket{",
         "postbox_events_published_total",

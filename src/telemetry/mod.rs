@@ -1,7 +1,11 @@
 //! Logging: `tracing` with an `EnvFilter` (`RUST_LOG`, default `postbox=info,tower_http=warn`), as text or
-//! JSON lines. Initialised once per process; later calls are no-ops (tests call it per app).
+//! JSON lines. Initialised once per process; later calls are no-ops (tests call it per app). Metrics:
+//! the Prometheus recorder and every metric's name ([`names`]), and the process metrics
+//! ([`process`]).
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+pub mod process;
 
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env()
