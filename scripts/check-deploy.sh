@@ -16,7 +16,7 @@
 #                                HEALTHCHECK run against a stub server
 #   .dockerignore                keeps target/ and .git/ out of the build context
 #   deploy/prometheus/alerts.yml `promtool check rules` (Debian's prometheus package), and every metric
-#                                it names is one Postbox exports (src/telemetry.rs)
+#                                it names is one Postbox exports (src/telemetry/)
 #   deploy/grafana/postbox-dashboard.json
 #                                JSON; panels with targets; every metric named is one Postbox exports
 #
@@ -718,12 +718,14 @@ check_dockerfile() {
   if [ $rc -eq 0 ]; then ok $f "$how"; else fail $f "$how" "see below"; echo "$out" | indent; fi
 }
 
-# The metric names Postbox exports (the constants of src/telemetry.rs), for the alert rules and the
-# dashboard: every postbox_* name they use must be one of them (or its histogram _bucket/_sum/_count).
+# The metric names Postbox exports (the constants of src/telemetry/mod.rs, the process metrics of
+# src/telemetry/process.rs), for the alert rules and the dashboard: every postbox_* and process_* name
+# they use must be one of them (or its histogram _bucket/_sum/_count).
 metric_check() {
   python3 - "$@" <<'PY'
 import json, re, sys
-names = set(re.findall(r'"(postbox_[a-z_]+)"', open("src/telemetry.rs").read()))
+names = set(re.findall(r'"(postbox_[a-z_]+)"', open("src/telemetry/mod.rs").read()))
+names |= set(re.findall(r'"(process_[a-z_]+)"', open("src/telemetry/process.rs").read()))
 known = names | {n + s for n in names for s in ("_bucket", "_sum", "_count")}
 errors = []
 for path in sys.argv[1:]:
@@ -747,7 +749,7 @@ for path in sys.argv[1:]:
         if not exprs:
             errors.append(f"{path}: no rules found")
     for e in exprs:
-        for m in re.findall(r"\bpostbox_[a-z_]+", e):
+        for m in re.findall(r"\b(?:postbox|process)_[a-z_]+", e):
             if m not in known:
                 errors.append(f"{path}: {m} is not a metric Postbox exports")
 for e in errors:
