@@ -158,6 +158,11 @@ export interface PostboxClientOptions {
   onResync?: (info: ResyncInfo, event: PostboxEvent<ResyncInfo>) => void;
   /** Called for every error, retried (`fatal: false`) or not (`fatal: true`). */
   onError?: ErrorHandler;
+  /**
+   * Called on 401 for a fresh token (your app's session refresh); the client goes on with the same
+   * client id and cursor. Without it, or when it returns nothing new, 401 stops the client.
+   */
+  getToken?: () => string | Promise<string>;
   /** How many recent event ids to remember for dedupe. Default 1000. */
   dedupeLimit?: number;
   /** How long a jump in the sequence may wait for late events before it is filled, ms. Default 1000. */
@@ -193,6 +198,8 @@ export interface PostboxClientOptions {
 export class PostboxClient {
   constructor(options: PostboxClientOptions);
 
+  /** Uses this token for every later request; the client id, cursor and sequence stay. */
+  setToken(token: string): void;
   /** The id this tab polls with (in shared mode the leader's, adopted by every tab). */
   readonly clientId: string;
   /** The id of the last event handed to handlers, sent as `last_event_id`; null before the first. */

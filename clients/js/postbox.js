@@ -487,6 +487,8 @@ export class PostboxClient {
     this._baseUrl = String(o.baseUrl ?? '').replace(/\/+$/, '');
     this._onResync = typeof o.onResync === 'function' ? o.onResync : null;
     this._onError = typeof o.onError === 'function' ? o.onError : null;
+    this._getToken = typeof o.getToken === 'function' ? o.getToken : null;
+    this._refreshes = 0;
     this._random = o.random ?? Math.random;
     this._sleep = o.sleep ?? defaultSleep;
     this._timers = o.timers ?? defaultTimers;
@@ -782,6 +784,7 @@ export class PostboxClient {
         const batch = await this._pollOnce(abort);
         if (!live()) return; // stopped while the answer arrived: its events come again next time
         this._attempt = 0;
+        this._refreshes = 0;
         for (const event of batch) {
           if (!live()) break; // a handler stopped the client: the rest comes again next time
           this._receive(event, true);
@@ -790,6 +793,10 @@ export class PostboxClient {
         continue; // poll again at once
       } catch (err) {
         if (!live()) return;
+        if (err.status === 401 && (await this._refreshToken())) {
+          if (!live()) return;
+          continue; // the same client id and cursor, with the new token
+        }
         if (err.fatal) {
           this._fail(err, true);
           return;
@@ -923,6 +930,10 @@ export class PostboxClient {
       error = new PostboxError('network_error', `Postbox event stream failed: ${err && err.message ? err.message : err}`, { cause: err });
     }
     if (this._generation !== generation) return;
+    if (error.status === 401 && (await this._refreshToken())) {
+      if (this._generation === generation) this._openEventSource(generation, true);
+      return;
+    }
     if (error.fatal) {
       this._fail(error, true);
       return;
@@ -932,6 +943,30 @@ export class PostboxClient {
     this._abort = retry;
     await this._sleep(Math.max(error.retryAfter ?? 0, this._nextBackoff()), retry.signal);
     if (this._generation === generation) this._openEventSource(generation, true);
+  }
+
+  /**
+   * On 401: asks the application for a fresh token (`getToken`), at most three times in a row without
+   * a success in between. Whether a new one came.
+   */
+  async _refreshToken() {
+    if (!this._getToken || this._refreshes >= 3) return false;
+    this._refreshes += 1;
+    try {
+      const token = await this._getToken();
+      if (typeof token !== 'string' || token === '' || token === this._token) return false;
+      this._token = token;
+      return true;
+    } catch (err) {
+      this._report(new PostboxError('token_refresh_failed', `getToken failed: ${err && err.message ? err.message : err}`, { cause: err }));
+      return false;
+    }
+  }
+
+  /** Replaces the token for every later request (the client id, cursor and storage stay). */
+  setToken(token) {
+    if (!token || typeof token !== 'string') throw new TypeError('PostboxClient.setToken: a token string is required');
+    this._token = token;
   }
 
   /** A new client id (a postbox of this tab's own), starting without a cursor. */
