@@ -195,6 +195,16 @@ export interface PostboxClientOptions {
   window?: Pick<EventTarget, 'addEventListener' | 'removeEventListener'> | null;
 }
 
+/**
+ * `connecting` (started, or back online), `connected` (an answer arrived, or the stream is open),
+ * `disconnected` (reason `stopped`, `offline`, `unauthorized`, or the last error's code while retrying),
+ * `resyncing` (missing events are being fetched from `poll/missed/`).
+ */
+export interface ConnectionState {
+  state: 'connecting' | 'connected' | 'disconnected' | 'resyncing';
+  reason: string | null;
+}
+
 export class PostboxClient {
   constructor(options: PostboxClientOptions);
 
@@ -206,6 +216,8 @@ export class PostboxClient {
   readonly lastEventId: string | null;
   /** The highest sequence number up to which every event was handed to handlers; null before one. */
   readonly lastSeq: number | null;
+  /** The connection as every tab sees it. */
+  readonly state: ConnectionState;
   /** Between start() and stop() (or a fatal error). */
   readonly running: boolean;
   /** Whether this tab holds the server connection (the leader, or any running unshared client). */
@@ -213,6 +225,8 @@ export class PostboxClient {
 
   on<K extends keyof PostboxEventMap>(type: K, handler: EventHandler<PostboxEventMap[K]>): () => void;
   on(type: 'error' | 'unauthorized', handler: ErrorHandler): () => void;
+  /** Each change of the connection state, in every tab (the one holding the connection tells the others). */
+  on(type: 'state', handler: (state: ConnectionState) => void): () => void;
   /** Every event, whatever its type. */
   on(type: '*', handler: EventHandler): () => void;
   on(type: string, handler: EventHandler): () => void;

@@ -53,7 +53,7 @@ const KNOWN_TYPES = ['message', 'typing', 'read_receipt', 'notification', 'prese
 const SSE_CONTROL_TYPES = new Set(['connected', 'heartbeat', 'reconnect']);
 
 /** Types the client itself emits (not server events). */
-const CLIENT_TYPES = new Set(['error', 'unauthorized', '*']);
+const CLIENT_TYPES = new Set(['error', 'unauthorized', 'state', '*']);
 
 const EVENTSOURCE_CLOSED = 2;
 
@@ -546,6 +546,10 @@ export class PostboxClient {
     this._lifecycleAttached = false;
     this._onPageHide = (ev) => this._pageHidden(ev);
     this._onPageShow = (ev) => this._pageShown(ev);
+    this._onOffline = () => this._wentOffline();
+    this._onOnline = () => this._cameOnline();
+    this._offline = null; // while the browser is offline: a promise that resolves when it is back
+    this._state = { state: 'disconnected', reason: 'stopped' };
   }
 
   /** The id this tab polls with (in shared mode, the leader's, adopted by every tab). */
@@ -556,6 +560,15 @@ export class PostboxClient {
   /** The id of the last event handed to handlers (sent as `last_event_id`), or null. */
   get lastEventId() {
     return this._lastEventId;
+  }
+
+  /**
+   * The connection as every tab sees it: `{ state, reason }`, state one of `connecting`, `connected`,
+   * `disconnected` (reason: `stopped`, `offline`, `unauthorized`, or the last error's code) and
+   * `resyncing` (missing events are being fetched). `on('state', info => ...)` reports each change.
+   */
+  get state() {
+    return { ...this._state };
   }
 
   /** The highest number of the user's sequence up to which every event was handed over, or null. */
@@ -594,6 +607,7 @@ export class PostboxClient {
   start() {
     if (this._running) return this;
     this._running = true;
+    this._setState('connecting');
     this._attachLifecycle();
     if (this._shared) this._startCoordinator();
     else this._startTransport();
@@ -605,6 +619,7 @@ export class PostboxClient {
     this._halt();
     this._detachLifecycle();
     this._resumeOnShow = false;
+    if (!this._failing) this._setState('disconnected', 'stopped');
   }
 
   /**
@@ -645,6 +660,8 @@ export class PostboxClient {
     this._hideEvent = 'onpagehide' in w ? 'pagehide' : 'beforeunload';
     w.addEventListener(this._hideEvent, this._onPageHide);
     w.addEventListener('pageshow', this._onPageShow);
+    w.addEventListener('offline', this._onOffline);
+    w.addEventListener('online', this._onOnline);
     this._lifecycleAttached = true;
   }
 
@@ -652,6 +669,8 @@ export class PostboxClient {
     if (!this._lifecycleAttached) return;
     this._window.removeEventListener(this._hideEvent, this._onPageHide);
     this._window.removeEventListener('pageshow', this._onPageShow);
+    this._window.removeEventListener('offline', this._onOffline);
+    this._window.removeEventListener('online', this._onOnline);
     this._lifecycleAttached = false;
   }
 
@@ -715,7 +734,7 @@ export class PostboxClient {
 
   _sendState() {
     if (this._coordinator) {
-      this._coordinator.send({ type: 'state', clientId: this._clientId, lastEventId: this._lastEventId });
+      this._coordinator.send({ type: 'state', clientId: this._clientId, lastEventId: this._lastEventId, conn: this._state });
     }
   }
 
@@ -729,6 +748,10 @@ export class PostboxClient {
     switch (msg.type) {
       case 'state':
         this._adopt(msg.clientId, msg.lastEventId);
+        if (msg.conn) this._setState(msg.conn.state, msg.conn.reason, true);
+        break;
+      case 'conn':
+        this._setState(msg.state, msg.reason, true);
         break;
       case 'event':
         this._adopt(msg.clientId, msg.lastEventId);
@@ -757,6 +780,7 @@ export class PostboxClient {
     this._generation += 1;
     this._attempt = 0;
     const generation = this._generation;
+    this._setState(this._offline ? 'disconnected' : 'connecting', this._offline ? 'offline' : null);
     if (this._transport === 'sse') this._openEventSource(generation, false);
     else this._pollLoop(generation).catch((err) => this._report(new PostboxError('internal_error', String(err), { cause: err })));
   }
@@ -777,6 +801,10 @@ export class PostboxClient {
   async _pollLoop(generation) {
     const live = () => this._generation === generation;
     while (live()) {
+      if (this._offline) {
+        await this._offline; // the browser is offline: no request until it is back
+        continue;
+      }
       const abort = new AbortController();
       this._abort = abort;
       let delay;
@@ -785,6 +813,7 @@ export class PostboxClient {
         if (!live()) return; // stopped while the answer arrived: its events come again next time
         this._attempt = 0;
         this._refreshes = 0;
+        if (this._state.state !== 'resyncing') this._setState('connected');
         for (const event of batch) {
           if (!live()) break; // a handler stopped the client: the rest comes again next time
           this._receive(event, true);
@@ -807,6 +836,8 @@ export class PostboxClient {
           this._renewClientId();
           continue;
         }
+        if (this._offline) continue; // aborted because the browser went offline
+        this._setState('disconnected', err.code);
         this._report(err);
         delay = Math.max(err.retryAfter ?? 0, this._nextBackoff());
       }
@@ -865,7 +896,9 @@ export class PostboxClient {
     };
     for (const type of [...KNOWN_TYPES, ...SSE_CONTROL_TYPES, ...this._handlers.keys()]) this._listenSse(type);
     es.onopen = () => {
-      if (this._generation === generation) this._attempt = 0;
+      if (this._generation !== generation) return;
+      this._attempt = 0;
+      this._setState('connected');
     };
     es.onerror = () => {
       if (this._generation !== generation) return;
@@ -878,6 +911,7 @@ export class PostboxClient {
         // The server ended the stream on purpose; the browser resumes it with Last-Event-ID.
         this._sseReconnecting = false;
       } else {
+        this._setState('disconnected', 'network_error');
         this._report(new PostboxError('network_error', 'Postbox event stream interrupted; the browser reconnects'));
       }
     };
@@ -961,6 +995,54 @@ export class PostboxClient {
       this._report(new PostboxError('token_refresh_failed', `getToken failed: ${err && err.message ? err.message : err}`, { cause: err }));
       return false;
     }
+  }
+
+  /**
+   * A new connection state: kept, reported to the `state` handlers, and (by the tab that holds the
+   * connection) told to the other tabs, which report it too.
+   */
+  _setState(state, reason = null, fromLeader = false) {
+    if (this._state.state === state && this._state.reason === reason) return;
+    this._state = { state, reason };
+    const set = this._handlers.get('state');
+    if (set) {
+      for (const handler of [...set]) {
+        try {
+          handler({ ...this._state });
+        } catch (err) {
+          logError("postbox: a 'state' handler threw", err);
+        }
+      }
+    }
+    if (!fromLeader && this._transportActive && this._shared && this._coordinator) {
+      this._coordinator.send({ type: 'conn', state, reason });
+    }
+  }
+
+  /** The browser went offline: stop trying (the request in flight is aborted) until it is back. */
+  _wentOffline() {
+    if (this._offline || !this._running) return;
+    this._offline = new Promise((resolve) => {
+      this._offlineResolve = resolve;
+    });
+    if (this._transportActive) {
+      if (this._abort) this._abort.abort();
+      this._setState('disconnected', 'offline');
+    }
+  }
+
+  /** Back online: go on at once, without waiting out a backoff. */
+  _cameOnline() {
+    if (!this._offline) return;
+    const resolve = this._offlineResolve;
+    this._offline = null;
+    this._offlineResolve = null;
+    this._attempt = 0;
+    if (this._transportActive) {
+      this._setState('connecting');
+      if (this._abort) this._abort.abort(); // ends a backoff sleep
+    }
+    resolve();
   }
 
   /** Replaces the token for every later request (the client id, cursor and storage stay). */
@@ -1055,7 +1137,10 @@ export class PostboxClient {
         after = this._seq.last;
       }
       const resyncs = this._fillResyncs.splice(0);
+      const before = this._state;
+      this._setState('resyncing');
       const outcome = await this._fetchMissed(after);
+      if (this._state.state === 'resyncing') this._setState(before.state, before.reason);
       if (outcome === 'filled') continue;
       // Not kept any more, or not reachable now: announce, so the application reloads from REST.
       const announced = resyncs.length
@@ -1140,10 +1225,13 @@ export class PostboxClient {
   /** A fatal error (401, 403): stop, tell the other tabs, report. */
   _fail(error, tellTabs) {
     error.fatal = true;
+    this._setState('disconnected', error.status === 401 || error.code === 'unauthorized' ? 'unauthorized' : error.code);
     if (tellTabs && this._coordinator) {
       this._coordinator.send({ type: 'fatal', code: error.code, message: error.message, status: error.status, detail: error.detail });
     }
+    this._failing = true;
     this.stop();
+    this._failing = false;
     if (error.status === 401 || error.code === 'unauthorized') this._emit('unauthorized', error);
     this._report(error);
   }
