@@ -8,7 +8,7 @@
  * - User text only ever reaches the page through `textContent` and attributes, never parsed as HTML.
  */
 
-import { PostboxClient } from '/static/postbox.js';
+import { PostboxClient, PostboxError } from '/static/postbox.js';
 
 const API = '/api/v1/communication';
 const TOKEN_KEY = 'postbox-demo-token';
@@ -181,6 +181,21 @@ async function api(path, { method = 'GET', json, form, raw = false } = {}) {
   }
 }
 
+/**
+ * A call of the SDK (`clients/js`, the same client that receives), with this page's error handling: a
+ * 401 ends the session, and errors carry the server's detail.
+ */
+async function sdk(call, client = state.client) {
+  try {
+    return await call(client);
+  } catch (err) {
+    if (!(err instanceof PostboxError)) throw err;
+    if (err.status === 401) sessionExpired();
+    const detail = err.status === 0 ? (err.code === 'timeout' ? 'the server did not answer in time' : 'the server is unreachable') : err.detail;
+    throw new ApiError(err.status, detail, null);
+  }
+}
+
 function contact(userId, name) {
   let c = state.contacts.get(userId);
   if (!c) {
@@ -219,27 +234,27 @@ async function login(token) {
   const client = new PostboxClient({
     token,
     onResync: () => reloadAll({ resync: true }),
-    // Wrapping fetch shows the connection state: a poll that got an answer means we are connected.
-    fetch: async (url, init) => {
-      const res = await fetch(url, init);
-      if (generation === state.generation && String(url).includes('/poll/events/')) {
-        setConnection(res.ok ? 'online' : 'reconnecting');
-      }
-      return res;
-    },
+    typingThrottleMs: 0, // the composer throttles typing signals itself
+  });
+  // The client's connection state, as every tab of this page hears it.
+  client.on('state', ({ state: s, reason }) => {
+    if (generation !== state.generation) return;
+    if (s === 'connected' || s === 'resyncing') setConnection('online');
+    else if (s === 'disconnected' && reason === 'offline') setConnection('offline');
+    else if (s === 'disconnected' && reason !== 'stopped') setConnection('reconnecting');
   });
   // Register this tab's client id before the first poll, so its postbox keeps every event from now on
   // (the answer also tells who we are).
   let registered;
   try {
-    registered = await api('poll/register/', { method: 'POST', json: { client_id: client.clientId } });
+    registered = await client.register();
   } catch (err) {
     state.token = null;
     if (err.status === 401) {
       localStorage.removeItem(TOKEN_KEY);
       showLogin('This token was refused.');
     } else {
-      showLogin(`Cannot log in: ${err.detail}`);
+      showLogin(`Cannot log in: ${err.status ? err.detail : 'the server is unreachable'}`);
     }
     return;
   }
@@ -471,7 +486,7 @@ async function reloadAll({ resync = false } = {}) {
 async function loadConversations() {
   const generation = state.generation;
   try {
-    const list = await api('chats/conversations/');
+    const list = await sdk((c) => c.conversations());
     if (generation !== state.generation) return;
     for (const conv of list) {
       const other = conv.other_user;
@@ -493,7 +508,7 @@ async function loadConversations() {
 async function loadOnline() {
   const generation = state.generation;
   try {
-    const online = await api('chats/online-users/');
+    const online = await sdk((c) => c.onlineUsers());
     if (generation !== state.generation) return;
     state.online = new Set(online.online_user_ids);
     for (const u of online.users) state.known.set(u.id, { name: u.name, username: u.username });
@@ -589,7 +604,7 @@ async function openChat(userId) {
   const active = state.active;
   const ticket = (active.ticket = {}); // only the latest load of this chat applies
   try {
-    const page = await api(`chats/conversation/${userId}/?limit=${PAGE_SIZE}`);
+    const page = await sdk((c) => c.history(userId, { limit: PAGE_SIZE }));
     if (generation !== state.generation || state.active !== active || active.ticket !== ticket) return;
     if (page.conversation_id != null) c.conversationId = page.conversation_id;
     for (const m of page.messages) {
@@ -646,7 +661,7 @@ async function loadOlder() {
   active.loadingOlder = true;
   renderLoadOlder();
   try {
-    const page = await api(`chats/conversation/${active.userId}/?limit=${PAGE_SIZE}&before=${active.nextBefore}`);
+    const page = await sdk((c) => c.history(active.userId, { limit: PAGE_SIZE, before: active.nextBefore }));
     if (state.active !== active) return;
     active.nextBefore = page.next_before;
     active.hasMore = page.has_more;
@@ -865,7 +880,7 @@ async function markReadIfVisible() {
   }
   state.markingRead = true;
   try {
-    const result = await api('chats/mark-read/', { method: 'POST', json: { user_id: active.userId } });
+    const result = await sdk((c) => c.markRead({ userId: active.userId }));
     for (const m of unread) {
       m.is_read = true;
       m.read_at = m.read_at || result.read_at;
@@ -891,7 +906,7 @@ async function markReadIfVisible() {
 function sendTyping(isTyping) {
   const active = state.active;
   if (!active) return;
-  api('chats/typing/', { method: 'POST', json: { receiver: active.userId, is_typing: isTyping } }).catch(() => {
+  sdk((c) => c.typing(active.userId, isTyping)).catch(() => {
     // rate-limited or offline: typing is best effort
   });
 }
@@ -937,13 +952,9 @@ async function send() {
   try {
     let message;
     if (file) {
-      const form = new FormData();
-      form.append('receiver', String(active.userId));
-      if (text.trim()) form.append('message', text);
-      form.append('attachment', file, file.name);
-      message = await api('chats/', { method: 'POST', form });
+      message = await sdk((c) => c.send(active.userId, text.trim() ? text : '', { attachment: file, filename: file.name }));
     } else {
-      message = await api('chats/', { method: 'POST', json: { receiver: active.userId, message: text } });
+      message = await sdk((c) => c.send(active.userId, text));
     }
     input.value = '';
     onComposerInput();
@@ -971,7 +982,7 @@ async function probeNotifications() {
   const generation = state.generation;
   const seq = ++state.notificationsSeq;
   try {
-    const data = await api('notifications/');
+    const data = await sdk((c) => c.notifications());
     if (generation !== state.generation || seq !== state.notificationsSeq) return;
     applyNotifications(data);
   } catch (err) {
@@ -985,7 +996,7 @@ async function loadNotifications() {
   const generation = state.generation;
   const seq = ++state.notificationsSeq;
   try {
-    const data = await api('notifications/');
+    const data = await sdk((c) => c.notifications());
     // An older answer (one that started before a later load or a mark) would undo what is shown.
     if (generation === state.generation && seq === state.notificationsSeq) applyNotifications(data);
   } catch {
@@ -1041,7 +1052,7 @@ function renderNotifications() {
 
 async function markNotificationRead(item) {
   try {
-    const view = await api(`notifications/${encodeURIComponent(item.id)}/read/`, { method: 'POST' });
+    const view = await sdk((c) => c.markNotificationRead(item.id));
     state.notificationsSeq += 1; // a load that started before the mark answers with the old read state
     const wasRead = notificationRead(item);
     item.is_read = true;
@@ -1056,7 +1067,7 @@ async function markNotificationRead(item) {
 
 async function markAllNotificationsRead() {
   try {
-    const result = await api('notifications/read-all/', { method: 'POST' });
+    const result = await sdk((c) => c.markAllNotificationsRead());
     state.notificationsSeq += 1;
     const now = new Date().toISOString();
     for (const item of state.notifications.items) {

@@ -90,6 +90,47 @@ export interface PresenceData {
   [key: string]: unknown;
 }
 
+/** A notification (`notification` event, and the items of `notifications()`). */
+export interface NotificationData {
+  id: number;
+  title: string;
+  message: string;
+  notification_type: string;
+  data: Record<string, unknown> | null;
+  user_id: number | null;
+  college_id: number | null;
+  created_at: string;
+  timestamp: string;
+  is_read: boolean;
+  read_at: string | null;
+  [key: string]: unknown;
+}
+
+/** A support desk message (`support_message` event). */
+export interface SupportMessageData {
+  id: string;
+  chat_id: number;
+  sender_id: number;
+  message: string;
+  is_from_admin: boolean;
+  created_at: string;
+  user_email: string;
+  sender_name: string;
+  [key: string]: unknown;
+}
+
+/** A support chat that was closed or reopened (`support_chat` event). */
+export interface SupportChatData {
+  id: number;
+  user_id: number;
+  status: string;
+  last_message: string;
+  created_at: string;
+  last_updated: string;
+  closed_at: string | null;
+  [key: string]: unknown;
+}
+
 /** Payload types of the events the server sends today; any other type has `any` data. */
 export interface PostboxEventMap {
   message: MessageData;
@@ -97,8 +138,30 @@ export interface PostboxEventMap {
   read_receipt: ReadReceiptData;
   delivered: DeliveredData;
   presence: PresenceData;
-  notification: Record<string, unknown>;
+  notification: NotificationData;
+  support_message: SupportMessageData;
+  support_chat: SupportChatData;
   resync: ResyncInfo;
+}
+
+/** A page of history (`history()`). */
+export interface HistoryPage {
+  /** Oldest first within the page. */
+  messages: MessageData[];
+  /** More lie beyond this page: older ones when paging back, newer ones when catching up. */
+  has_more: boolean;
+  conversation_id: number | null;
+  [key: string]: unknown;
+}
+
+/** `missed()`: the stored events after a sequence number. */
+export interface MissedPage {
+  events: PostboxEvent[];
+  last_seq: number;
+  /** `false`: the numbers right after `after` are no longer kept; reload from REST. */
+  kept: boolean;
+  /** `true`: the page was cut by `limit`; ask again after the last `seq`. */
+  more: boolean;
 }
 
 export type EventHandler<T = any> = (data: T, event: PostboxEvent<T>) => void;
@@ -165,6 +228,10 @@ export interface PostboxClientOptions {
   getToken?: () => string | Promise<string>;
   /** How many recent event ids to remember for dedupe. Default 1000. */
   dedupeLimit?: number;
+  /** `typing()` sends at most once per this many ms per receiver. Default 2000. */
+  typingThrottleMs?: number;
+  /** The clock of the typing throttle. Default Date.now. */
+  now?: () => number;
   /** How long a jump in the sequence may wait for late events before it is filled, ms. Default 1000. */
   gapGraceMs?: number;
   /** Retry delays: full jitter in [0, min(cap, base * factor^attempt)). Default 500 ms, 2, 30 000 ms. */
@@ -239,6 +306,21 @@ export class PostboxClient {
   stop(): void;
   /** stop(), then `POST poll/disconnect/` (the user shows offline). Resolves to whether it succeeded. */
   disconnect(): Promise<boolean>;
+
+  // The REST API: each call rejects with a PostboxError (the server's status, code and detail).
+  send(receiver: number, text: string, options?: { attachment?: Blob | null; filename?: string }): Promise<MessageData>;
+  history(userId: number, options?: { before?: number; since?: number | string; limit?: number }): Promise<HistoryPage>;
+  conversations(): Promise<any>;
+  markRead(target: { conversationId?: number; userId?: number; messageIds?: number[]; upTo?: number }): Promise<any>;
+  /** Resolves to `false` when the call was skipped by the throttle. */
+  typing(receiver: number, isTyping?: boolean): Promise<boolean>;
+  unreadCount(): Promise<any>;
+  onlineUsers(): Promise<any>;
+  notifications(options?: { unread?: boolean; before?: number; limit?: number }): Promise<any>;
+  markNotificationRead(id: number): Promise<NotificationData>;
+  markAllNotificationsRead(): Promise<any>;
+  register(): Promise<{ queue: string; client_id: string; user_id: number }>;
+  missed(after: number, options?: { limit?: number }): Promise<MissedPage>;
 }
 
 /** Every error the client reports. */

@@ -488,6 +488,9 @@ export class PostboxClient {
     this._onResync = typeof o.onResync === 'function' ? o.onResync : null;
     this._onError = typeof o.onError === 'function' ? o.onError : null;
     this._getToken = typeof o.getToken === 'function' ? o.getToken : null;
+    this._now = o.now ?? Date.now;
+    this._typingThrottleMs = o.typingThrottleMs ?? 2000;
+    this._typingSent = new Map();
     this._refreshes = 0;
     this._random = o.random ?? Math.random;
     this._sleep = o.sleep ?? defaultSleep;
@@ -1062,6 +1065,141 @@ export class PostboxClient {
     const delay = backoffDelay(this._attempt, this._random, this._backoff);
     this._attempt += 1;
     return delay;
+  }
+
+  // --- the REST API ----------------------------------------------------------------------------------
+  // Each call resolves to the server's JSON answer, or rejects with a PostboxError (its `status`,
+  // `code` and `detail` are the server's). A 401 asks `getToken` for a fresh token and tries once more.
+
+  /**
+   * `POST chats/`: sends `text` to a user, with an optional attachment (a Blob or File, sent as a
+   * form). Resolves to the stored message.
+   */
+  send(receiver, text, { attachment = null, filename } = {}) {
+    if (attachment) {
+      const form = new FormData();
+      form.append('receiver', String(receiver));
+      if (text) form.append('message', text);
+      form.append('attachment', attachment, filename ?? attachment.name ?? 'attachment');
+      return this._api('POST', '/chats/', { form });
+    }
+    return this._api('POST', '/chats/', { json: { receiver, message: text } });
+  }
+
+  /**
+   * `GET chats/conversation/{userId}/`: a page of the history with a user. No cursor: the newest page;
+   * `before`: the page before that message id (scrolling up); `since` (a message id or an RFC 3339
+   * time): what came after it (catching up).
+   */
+  history(userId, { before, since, limit } = {}) {
+    return this._api('GET', `/chats/conversation/${encodeURIComponent(userId)}/`, { query: { before, since, limit } });
+  }
+
+  /** `GET chats/conversations/`: the caller's conversations with their last message and unread counts. */
+  conversations() {
+    return this._api('GET', '/chats/conversations/');
+  }
+
+  /**
+   * `POST chats/mark-read/`: marks a conversation read (`{ conversationId }` or `{ userId }`, optionally
+   * `upTo` a message id) or some messages (`{ messageIds }`); the sender gets a `read_receipt`.
+   */
+  markRead({ conversationId, userId, messageIds, upTo } = {}) {
+    const body = {};
+    if (conversationId != null) body.conversation_id = conversationId;
+    if (userId != null) body.user_id = userId;
+    if (messageIds != null) body.message_ids = messageIds;
+    if (upTo != null) body.up_to = upTo;
+    return this._api('POST', '/chats/mark-read/', { json: body });
+  }
+
+  /**
+   * `POST chats/typing/`: tells a user this one is typing, at most once per `typingThrottleMs` (2 s) per
+   * receiver; resolves to `false` when a call was skipped for that. `typing(id, false)` always goes.
+   */
+  async typing(receiver, isTyping = true) {
+    const now = this._now();
+    const last = this._typingSent.get(receiver);
+    if (isTyping && last !== undefined && now - last < this._typingThrottleMs) return false;
+    if (isTyping) this._typingSent.set(receiver, now);
+    else this._typingSent.delete(receiver);
+    await this._api('POST', '/chats/typing/', { json: { receiver, is_typing: isTyping } });
+    return true;
+  }
+
+  /** `GET chats/unread-count/`: unread messages, in total and per conversation. */
+  unreadCount() {
+    return this._api('GET', '/chats/unread-count/');
+  }
+
+  /** `GET chats/online-users/`: the caller's contacts who are online. */
+  onlineUsers() {
+    return this._api('GET', '/chats/online-users/');
+  }
+
+  /** `GET notifications/`: the caller's notifications, newest first (`unread`, `before`, `limit`). */
+  notifications({ unread, before, limit } = {}) {
+    return this._api('GET', '/notifications/', { query: { unread: unread ? 'true' : undefined, before, limit } });
+  }
+
+  /** `POST notifications/{id}/read/`. */
+  markNotificationRead(id) {
+    return this._api('POST', `/notifications/${encodeURIComponent(id)}/read/`);
+  }
+
+  /** `POST notifications/read-all/`. */
+  markAllNotificationsRead() {
+    return this._api('POST', '/notifications/read-all/');
+  }
+
+  /**
+   * `POST poll/register/`: creates this client's own postbox now (polling registers it too, on first
+   * use), so events from this moment on are kept for it.
+   */
+  register() {
+    return this._api('POST', '/poll/register/', { json: { client_id: this._clientId } });
+  }
+
+  /** `GET poll/missed/?after=`: the stored events of the user's sequence after a number. */
+  missed(after, { limit } = {}) {
+    return this._api('GET', '/poll/missed/', { query: { after, limit } });
+  }
+
+  async _api(method, path, { json, form, query } = {}, retried = false) {
+    let url = this._url(API + path);
+    const params = Object.entries(query || {}).filter(([, v]) => v !== undefined && v !== null);
+    if (params.length) url += `?${params.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`).join('&')}`;
+    const headers = this._headers();
+    let body;
+    if (json !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(json);
+    } else if (form) {
+      body = form; // the browser sets the multipart boundary
+    }
+    const abort = new AbortController();
+    let timedOut = false;
+    const timer = this._timers.setTimeout(() => {
+      timedOut = true;
+      abort.abort();
+    }, this._requestTimeout);
+    let res;
+    try {
+      res = await this._fetch(url, { method, headers, body, cache: 'no-store', signal: abort.signal });
+    } catch (err) {
+      const code = timedOut ? 'timeout' : 'network_error';
+      throw new PostboxError(code, `Postbox ${method} ${path} failed: ${err && err.message ? err.message : err}`, { cause: err });
+    } finally {
+      this._timers.clearTimeout(timer);
+    }
+    if (res.status === 401 && !retried && (await this._refreshToken())) {
+      return this._api(method, path, { json, form, query }, true);
+    }
+    if (!res.ok) throw await errorFromResponse(res);
+    this._refreshes = 0;
+    if (res.status === 204) return null;
+    const text = await res.text();
+    return text ? parseJson(text) : null;
   }
 
   // --- events ----------------------------------------------------------------------------------------
