@@ -15,6 +15,7 @@ pub const MAX_PAGE: u64 = 200;
 
 /// A conversation as the caller's list shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": 31, "other_user": {"id": 7, "username": "alice", "name": "Alice", "online": true, "last_seen_at": "2026-12-04T18:02:00.000Z"}, "last_message": "See you at six?", "last_message_id": 812, "last_message_at": "2026-12-04T18:02:11.204Z", "last_message_by": 7, "unread_count": 1, "created_at": "2026-11-30T09:00:00.000Z"}))]
 pub struct ConversationView {
     pub id: i64,
     /// The other participant.
@@ -61,6 +62,7 @@ pub fn is_online(u: &user::Model, now: DateTime<Utc>) -> bool {
 
 /// One page of the caller's conversation with another user.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"messages": [{"id": 812, "conversation_id": 31, "sender_id": 7, "sender_name": "Alice", "receiver_id": 9, "message": "See you at six?", "attachment": null, "attachment_type": null, "timestamp": "2026-12-04T18:02:11.204Z", "is_read": false, "delivered_at": null, "read_at": null}], "has_more": true, "conversation_id": 31, "next_before": 812, "next_since": 812, "last_updated": "2026-12-04T18:02:11.204Z"}))]
 pub struct HistoryPage {
     /// Chronological order (oldest first) within the page.
     pub messages: Vec<MessageView>,
@@ -79,6 +81,7 @@ pub struct HistoryPage {
 
 /// Unread counts of the caller.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"unread_count": 3, "conversations": [{"conversation_id": 31, "user_id": 7, "unread_count": 3}]}))]
 pub struct UnreadCounts {
     /// All unread messages.
     pub unread_count: i64,
@@ -96,6 +99,7 @@ pub struct ConversationUnread {
 
 /// Users online now.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"count": 1, "users": [{"id": 7, "username": "alice", "name": "Alice", "online": true, "last_seen_at": "2026-12-04T18:02:00.000Z"}], "online_user_ids": [7]}))]
 pub struct OnlineUsers {
     pub count: usize,
     pub users: Vec<ContactView>,

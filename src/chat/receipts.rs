@@ -24,6 +24,7 @@ pub struct MarkRead {
 
 /// The answer of `mark-read`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "ok", "conversation_id": 31, "marked": 2, "message_ids": [811, 812], "read_at": "2026-12-04T18:03:00.000Z", "unread_count": 0}))]
 pub struct MarkReadResult {
     /// Always `ok`.
     pub status: String,

@@ -250,6 +250,7 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// A chat message as the API and the `message` event show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[schema(example = json!({"id": 812, "conversation_id": 31, "sender_id": 7, "sender_name": "Alice", "receiver_id": 9, "message": "See you at six?", "attachment": null, "attachment_type": null, "timestamp": "2026-12-04T18:02:11.204Z", "is_read": false, "delivered_at": null, "read_at": null}))]
 pub struct MessageView {
     pub id: i64,
     pub conversation_id: i64,

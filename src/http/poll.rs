@@ -44,6 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The long-poll answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"events": [{"id": "0193a1f2-7c1e-7b3a-9f00-5d2c4e8a1b01", "event": "message", "data": {"id": 812, "conversation_id": 31, "sender_id": 7, "sender_name": "Alice", "receiver_id": 9, "message": "See you at six?", "attachment": null, "attachment_type": null, "timestamp": "2026-12-04T18:02:11.204Z", "is_read": false, "delivered_at": null, "read_at": null}, "timestamp": 1796407331.204, "seq": 42}], "timestamp": 1796407331.31}))]
 pub struct PollResponse {
     /// Events in postbox order (possibly none).
     pub events: Vec<Event>,
@@ -226,6 +227,7 @@ pub struct RegisterBody {
 
 /// A registered client.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"client_id": "tab-3f9c", "user_id": 9, "queue": "postbox.client.9.tab-3f9c"}))]
 pub struct Registered {
     pub client_id: String,
     pub user_id: i64,
@@ -286,6 +288,7 @@ pub struct MissedParams {
 
 /// The stored events of the caller's sequence after a number.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"events": [{"id": "0193a1f2-7c1e-7b3a-9f00-5d2c4e8a1b01", "event": "message", "data": {"id": 812, "conversation_id": 31, "sender_id": 7, "sender_name": "Alice", "receiver_id": 9, "message": "See you at six?", "attachment": null, "attachment_type": null, "timestamp": "2026-12-04T18:02:11.204Z", "is_read": false, "delivered_at": null, "read_at": null}, "timestamp": 1796407331.204, "seq": 42}], "last_seq": 42, "kept": true, "more": false}))]
 pub struct MissedResponse {
     /// The events after `after`, oldest first, as a poll carries them (each with its `seq`).
     #[schema(value_type = Vec<Event>)]

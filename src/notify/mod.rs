@@ -87,6 +87,7 @@ pub const MAX_PAGE: u64 = 200;
 
 /// A notification as its reader sees it (and, without the read state, as the event carries it).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": 44, "title": "Exams", "message": "The schedule is out", "notification_type": "notice", "data": {"url": "/exams"}, "user_id": 9, "college_id": null, "created_at": "2026-12-04T18:00:00.000Z", "timestamp": "2026-12-04T18:00:00.000Z", "is_read": false, "read_at": null}))]
 pub struct NotificationView {
     pub id: i64,
     pub title: String,
@@ -144,6 +145,7 @@ pub enum Target {
 
 /// What creating a notification did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": 44, "title": "Exams", "message": "The schedule is out", "notification_type": "notice", "data": {"url": "/exams"}, "user_id": 9, "college_id": null, "created_at": "2026-12-04T18:00:00.000Z", "timestamp": "2026-12-04T18:00:00.000Z", "is_read": false, "read_at": null, "recipients": 1, "postboxes": 2}))]
 pub struct Created {
     #[serde(flatten)]
     pub notification: NotificationView,
@@ -362,6 +364,7 @@ pub fn valid_name(name: &str, max: usize) -> bool {
 
 /// A page of the caller's notifications, newest first.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"unread_count": 1, "results": [{"id": 44, "title": "Exams", "message": "The schedule is out", "notification_type": "notice", "data": {"url": "/exams"}, "user_id": 9, "college_id": null, "created_at": "2026-12-04T18:00:00.000Z", "timestamp": "2026-12-04T18:00:00.000Z", "is_read": false, "read_at": null}], "next_before": null}))]
 pub struct NotificationPage {
     /// Unread notifications in all (not only on this page).
     pub unread_count: u64,

@@ -45,6 +45,7 @@ pub struct Request {
 
 /// What a publish did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"event_id": "0193a1f2-7c1e-7b3a-9f00-5d2c4e8a1b00", "event": "order_shipped", "recipients": 2, "postboxes": 3, "notification_ids": []}))]
 pub struct Published {
     /// The event's id, as clients see it (for a `notification`, the stored notification's event).
     pub event_id: Option<String>,
