@@ -140,5 +140,81 @@ pub async fn check(run: &Run, clients: &[Client], database_url: &str) -> anyhow:
             }
         }
     }
+    if !report.silent_losses.is_empty() {
+        explain(&db, &acked, clients, &report).await;
+    }
     Ok(report)
+}
+
+/// What the database and the clients say of the first losses: stored? numbered? left in the outbox?
+async fn explain(
+    db: &sea_orm::DatabaseConnection,
+    acked: &[crate::Acked],
+    clients: &[Client],
+    report: &Report,
+) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let backend = db.get_database_backend();
+    let mut keys: Vec<&crate::Acked> = acked
+        .iter()
+        .filter(|a| {
+            report
+                .silent_losses
+                .iter()
+                .any(|l| l.contains(&format!(" {} ", a.key)))
+        })
+        .collect();
+    keys.truncate(5);
+    for a in keys {
+        let Some(id) = a.key.strip_prefix("m:") else {
+            println!("chaos: lost {} (user {})", a.key, a.user);
+            continue;
+        };
+        let query = |sql: String| Statement::from_string(backend, sql);
+        let stored = db
+            .query_one_raw(query(format!(
+                "SELECT id FROM chat_messages WHERE id = {id}"
+            )))
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        let seq: Option<i64> = db
+            .query_one_raw(query(format!(
+                "SELECT seq FROM user_events WHERE user_id = {} AND payload LIKE '%\"data\":{{\"id\":{id},%'",
+                a.user
+            )))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.try_get::<i64>("", "seq").ok());
+        let outbox: i64 = db
+            .query_one_raw(query(format!(
+                "SELECT COUNT(*) AS n FROM outbox WHERE payload LIKE '%\"data\":{{\"id\":{id},%'"
+            )))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.try_get::<i64>("", "n").ok())
+            .unwrap_or(-1);
+        println!(
+            "chaos: lost {} to user {}: stored {stored}, seq {seq:?}, outbox rows {outbox}, acknowledged {:?} before the end",
+            a.key,
+            a.user,
+            a.at.elapsed()
+        );
+        for c in clients.iter().filter(|c| c.user.id == a.user) {
+            let seen = c.seen.lock().unwrap();
+            println!(
+                "chaos:   {}: last_seq {:?}, {} ahead{}",
+                c.name(),
+                seen.last_seq,
+                seen.ahead.len(),
+                seq.map_or(String::new(), |n| format!(
+                    ", number {n} seen: {}",
+                    seen.seqs.contains(&n)
+                ))
+            );
+        }
+    }
 }

@@ -37,6 +37,8 @@ pub struct Seen {
     /// Highest number up to which every one was seen, and those seen beyond it.
     pub last_seq: Option<i64>,
     pub ahead: BTreeSet<i64>,
+    /// Every number seen (for the checker's explanations).
+    pub seqs: std::collections::HashSet<i64>,
 }
 
 #[derive(Clone)]
@@ -258,6 +260,7 @@ impl Client {
                 seen.filled += 1;
             }
             if let Some(seq) = event["seq"].as_i64() {
+                seen.seqs.insert(seq);
                 match seen.last_seq {
                     None => seen.last_seq = Some(seq),
                     Some(last) if seq > last => {

@@ -136,7 +136,13 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("postbox-chaos-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let result = chaos(opts, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        // Kept for a look at what was lost (the database is in it).
+        Ok(false) => println!("chaos: the run's files are kept in {}", dir.display()),
+        _ => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
     result
 }
 
