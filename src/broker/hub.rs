@@ -523,21 +523,43 @@ impl Hub {
     }
 
     async fn attach(&self, queue: &str, ready: usize) -> Result<Arc<Slot>, BrokerError> {
-        let (channel, counter) = self.consumer_channel().await?;
+        // Every step is bounded: a channel.open or basic.consume sent as the connection died may never
+        // be answered, and an attach that never ends leaves every later poll of the postbox waiting for
+        // it (answering no events while they wait in RabbitMQ).
+        let bound = self.inner.timeout;
+        let (channel, counter) = tokio::time::timeout(bound, self.consumer_channel())
+            .await
+            .map_err(|_| BrokerError::Timeout(bound))??;
         let tag = format!(
             "postbox-{}-{}",
             std::process::id(),
             self.inner.next_tag.fetch_add(1, Ordering::Relaxed)
         );
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(queue.to_owned()),
-                ShortString::from(tag.clone()),
-                BasicConsumeOptions::default(), // manual acks, not exclusive
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| BrokerError::classify(e, queue))?;
+        let consuming = channel.basic_consume(
+            ShortString::from(queue.to_owned()),
+            ShortString::from(tag.clone()),
+            BasicConsumeOptions::default(), // manual acks, not exclusive
+            FieldTable::default(),
+        );
+        let consumer = match tokio::time::timeout(bound, consuming).await {
+            Ok(consumer) => consumer.map_err(|e| BrokerError::classify(e, queue))?,
+            Err(_) => {
+                // No answer: the channel is taken for dead. It leaves the shared list and is closed,
+                // so that a consume RabbitMQ did register leaves no consumer nobody reads.
+                tracing::warn!(queue, "basic.consume got no answer; closing its channel");
+                self.inner
+                    .channels
+                    .lock()
+                    .await
+                    .retain(|c| !Arc::ptr_eq(&c.consumers, &counter));
+                tokio::spawn(async move {
+                    let _ = channel
+                        .close(200, ShortString::from("no answer to basic.consume"))
+                        .await;
+                });
+                return Err(BrokerError::Timeout(bound));
+            }
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
             queue: queue.to_owned(),

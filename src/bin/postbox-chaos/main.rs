@@ -80,6 +80,9 @@ struct Opts {
     /// (the run is expected to fail).
     #[arg(long)]
     no_fill: bool,
+    /// Only these faults (`kill`, `overflow`, `stale`, `broker`), in turn; default all of them.
+    #[arg(long, env = "CHAOS_ONLY", value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// An event the server acknowledged: `m:<message id>`, `n:<notification id>`, `h:<uuid>` (host).
@@ -231,7 +234,17 @@ async fn chaos(opts: Opts, dir: &std::path::Path) -> anyhow::Result<bool> {
         // On a schedule: a fault that took long (a broker restart) shortens the wait for the next.
         tokio::time::sleep_until((started + every * (n + 1)).into()).await;
         // Every kind in turn (the broker's only when it can be restarted).
-        let kind = n % if broker { 4 } else { 3 };
+        let kinds: Vec<u32> = (0..if broker { 4 } else { 3 })
+            .filter(|k| {
+                opts.only.is_empty()
+                    || opts
+                        .only
+                        .iter()
+                        .any(|o| o == ["kill", "overflow", "stale", "broker"][*k as usize])
+            })
+            .collect();
+        anyhow::ensure!(!kinds.is_empty(), "--only names no fault this run can make");
+        let kind = kinds[n as usize % kinds.len()];
         match kind {
             0 => {
                 println!("chaos: fault {n}: SIGKILL Postbox");
