@@ -33,7 +33,7 @@ scripts/fault-broker-restart.sh
 
 echo "== chaos run, short form (scripts/chaos.sh; the long run is in docs/delivery.md)"
 scripts/chaos.sh
-echo "== the chaos checker finds what clients that do not fill their gaps miss (this run must fail)"
+echo "== the chaos checker finds what clients that ignore their gaps miss (this run must fail)"
 set +e
 CHAOS_DURATION=30 CHAOS_FAULTS=3 scripts/chaos.sh --no-fill --drain 8
 rc=$?

@@ -48,7 +48,8 @@ pub struct Client {
     pub seen: Arc<Mutex<Seen>>,
     cursor: Arc<Mutex<Option<String>>>,
     seed: u64,
-    /// Whether the client fills jumps from `poll/missed/` (off only to show the checker works).
+    /// Whether the client acts on gaps: fills them from `poll/missed/`, reloads on a `resync` (off only
+    /// to show that the checker finds what such a client misses).
     pub fill: bool,
 }
 
@@ -277,7 +278,8 @@ impl Client {
                     fill_after = seen.last_seq;
                 }
             }
-            if event["event"] == "resync" {
+            // A client that ignores gaps (`--no-fill`) neither fills nor reloads.
+            if event["event"] == "resync" && self.fill {
                 let data = &event["data"];
                 match data["seq_from"].as_i64() {
                     Some(from) if data["lost_unknown"] != true => fill_after = Some(from - 1),
