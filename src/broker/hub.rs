@@ -525,8 +525,9 @@ impl Hub {
     async fn attach(&self, queue: &str, ready: usize) -> Result<Arc<Slot>, BrokerError> {
         // Every step is bounded: a channel.open or basic.consume sent as the connection died may never
         // be answered, and an attach that never ends leaves every later poll of the postbox waiting for
-        // it (answering no events while they wait in RabbitMQ).
-        let bound = self.inner.timeout;
+        // it (answering no events while they wait in RabbitMQ). Generously: a busy broker (a herd of
+        // first polls) answers late but answers, and giving up closes a channel other postboxes share.
+        let bound = self.inner.timeout * 4;
         let (channel, counter) = tokio::time::timeout(bound, self.consumer_channel())
             .await
             .map_err(|_| BrokerError::Timeout(bound))??;
