@@ -111,7 +111,10 @@ pub struct Run {
     pub http: reqwest::Client,
     pub acked: Mutex<Vec<Acked>>,
     pub counters: Counters,
+    /// The clients stop receiving (the end of the drain).
     pub stop: AtomicBool,
+    /// The senders stop (the end of the load). Its own flag: the clients go on through the drain.
+    pub load_stop: AtomicBool,
     /// Users whose clients pause (an overflow is being made).
     pub paused: Mutex<Vec<i64>>,
 }
@@ -166,6 +169,7 @@ async fn chaos(opts: Opts, dir: &std::path::Path) -> anyhow::Result<bool> {
         acked: Mutex::new(Vec::new()),
         counters: Counters::default(),
         stop: AtomicBool::new(false),
+        load_stop: AtomicBool::new(false),
         paused: Mutex::new(Vec::new()),
     });
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -285,9 +289,8 @@ async fn chaos(opts: Opts, dir: &std::path::Path) -> anyhow::Result<bool> {
     }
     let rest = Duration::from_secs(opts.duration).saturating_sub(started.elapsed());
     tokio::time::sleep(rest).await;
-    run.stop.store(true, Ordering::Relaxed);
+    run.load_stop.store(true, Ordering::Relaxed);
     load.await??;
-    run.stop.store(false, Ordering::Relaxed);
 
     // A sentinel to every user: any loss at the tail shows as a jump before it.
     server.ensure_up().await?;
@@ -393,7 +396,7 @@ async fn offer_load(
     let gap = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let mut n = 0u64;
     let mut inflight = tokio::task::JoinSet::new();
-    while !run.stop.load(Ordering::Relaxed) {
+    while !run.load_stop.load(Ordering::Relaxed) {
         n += 1;
         let from = users[rng.random_range(0..users.len())].clone();
         let mut to = users[rng.random_range(0..users.len())].id;
