@@ -229,13 +229,10 @@ impl Broker {
             user_id,
             "a returned event came with another publish's confirm; publishing it again"
         );
-        let result = match self.declare_user_queue(user_id).await {
-            Ok(()) => {
-                self.publish_with(key, &m.delivery.data, m.delivery.properties, true)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        // Forgotten above: the postbox is declared again before the publish.
+        let result = self
+            .publish_to_user(user_id, &m.delivery.data, m.delivery.properties)
+            .await;
         if let Err(e) = result {
             metrics::counter!(names::EVENTS_DROPPED, "reason" => "unroutable").increment(1);
             tracing::error!(user_id, error = %e, "a returned event could not be published again; it is lost");
