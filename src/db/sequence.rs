@@ -88,11 +88,11 @@ pub struct Missed {
     pub events: Vec<String>,
     /// The user's last number now.
     pub last_seq: i64,
-    /// Whether everything after the number is here: `false` when older numbers were swept (the
-    /// client must reload from the REST API) or when `limit` cut the page (ask again after the last).
-    pub complete: bool,
-    /// Whether numbers right after the one asked for are no longer kept.
-    pub swept: bool,
+    /// `false` when numbers right after the one asked for are no longer kept (the client must reload
+    /// from the REST API).
+    pub kept: bool,
+    /// Whether `limit` cut the page (ask again after the last number returned).
+    pub more: bool,
 }
 
 /// The events of `user_id`'s sequence after `after`, at most `limit`.
@@ -121,11 +121,11 @@ pub async fn after(
         .all(db)
         .await?;
     let first_kept = rows.first().map(|r| r.0);
-    let swept = after < last_seq && first_kept.is_none_or(|first| first > after + 1);
+    let kept = after >= last_seq || first_kept.is_some_and(|first| first <= after + 1);
     let reached = rows.last().map_or(Ord::max(after, 0), |r| r.0);
     Ok(Missed {
-        complete: !swept && reached >= last_seq,
-        swept,
+        kept,
+        more: kept && reached < last_seq,
         last_seq,
         events: rows.into_iter().map(|r| r.1).collect(),
     })

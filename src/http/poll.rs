@@ -338,12 +338,11 @@ async fn missed(
         .map(serde_json::value::RawValue::from_string)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::Internal(format!("a kept event is not JSON: {e}")))?;
-    let more = !found.swept && !found.complete;
     Ok(axum::Json(MissedResponse {
         events,
         last_seq: found.last_seq,
-        kept: !found.swept,
-        more,
+        kept: found.kept,
+        more: found.more,
     }))
 }
 
