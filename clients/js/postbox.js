@@ -39,7 +39,6 @@ const API = '/api/v1/communication';
 const EVENTS_PATH = `${API}/poll/events/`;
 const DISCONNECT_PATH = `${API}/poll/disconnect/`;
 const SSE_PATH = `${API}/sse/events/`;
-const MISSED_PATH = `${API}/poll/missed/`;
 
 /** What the server accepts as a client id. */
 const CLIENT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -1224,9 +1223,7 @@ export class PostboxClient {
     }
     if (fresh) this._dispatch(event);
     if (id !== null) this._lastEventId = id;
-    if (fromServer && this._shared && this._coordinator) {
-      this._coordinator.send({ type: 'event', event, clientId: this._clientId, lastEventId: this._lastEventId });
-    }
+    if (fromServer) this._forward(event);
     if (this._seq.see(event.seq) && fromServer) this._requestFill();
   }
 
@@ -1298,15 +1295,9 @@ export class PostboxClient {
     for (let page = 0; page < 100; page += 1) {
       let body;
       try {
-        const res = await this._fetch(`${this._url(MISSED_PATH)}?after=${cursor}`, {
-          method: 'GET',
-          headers: this._headers(),
-          cache: 'no-store',
-        });
-        if (!res.ok) throw await errorFromResponse(res);
-        body = await res.json();
+        body = await this.missed(cursor);
       } catch (err) {
-        this._report(err instanceof PostboxError ? err : new PostboxError('network_error', `Postbox missed events failed: ${err && err.message ? err.message : err}`, { cause: err }));
+        this._report(err);
         return 'error';
       }
       if (!body || !Array.isArray(body.events)) return 'error';
@@ -1324,12 +1315,17 @@ export class PostboxClient {
     return 'filled';
   }
 
-  /** A resync held back while its range was fetched: handed over now, to this tab and the others. */
-  _announce(event) {
-    this._dispatch(event);
+  /** Tells the other tabs of an event this tab handed over (with the cursor they continue from). */
+  _forward(event) {
     if (this._shared && this._coordinator) {
       this._coordinator.send({ type: 'event', event, clientId: this._clientId, lastEventId: this._lastEventId });
     }
+  }
+
+  /** A resync held back while its range was fetched: handed over now, to this tab and the others. */
+  _announce(event) {
+    this._dispatch(event);
+    this._forward(event);
   }
 
   /** An event that did not come through the postbox: handed over once per id, the cursor untouched. */
@@ -1338,9 +1334,7 @@ export class PostboxClient {
     const id = event.id == null || event.id === '' ? null : String(event.id);
     if (id === null || this._seen.add(id)) this._dispatch(event);
     this._seq.see(event.seq);
-    if (this._shared && this._coordinator) {
-      this._coordinator.send({ type: 'event', event, clientId: this._clientId, lastEventId: this._lastEventId });
-    }
+    this._forward(event);
   }
 
   _dispatch(event) {
